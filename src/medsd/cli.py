@@ -1,0 +1,119 @@
+"""The `medsd` command line: one entry point, subcommands grouped by pipeline stage.
+
+Each stage's module adds its own arguments (`register(subparsers)` for groups of subcommands,
+`configure(parser)` for a command with its own options); this file only wires them together, sets up
+logging and turns a MedsdError into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from medsd import __version__
+from medsd.errors import MedsdError
+
+log = logging.getLogger("medsd")
+
+GROUPS: dict[str, str] = {
+    "data": "Read, inspect and prepare data sets; render the offline chest X-ray phantom.",
+    "model": "Build tiny offline models; inspect models.",
+    "train": "Fine-tune or train a model from a YAML recipe (lora, full, ...).",
+    "generate": "Generate synthetic images: prompts, label combinations, composable prompts, interpolation, "
+    "inpainting.",
+    "evaluate": "Measure synthetic images: FID/KID/PRDC, diversity, faithfulness, augmentation AUC, "
+    "memorization, report.",
+    "demo": "Run the whole pipeline offline on the phantom with a tiny model (the README's main job).",
+}
+
+# Where each stage's CLI lives: (module, function) — "register" adds subcommands to a group,
+# "configure" adds options to a single command.
+STAGES: dict[str, tuple[str, str]] = {
+    "data": ("medsd.data.cli", "register"),
+    "model": ("medsd.model_cli", "register"),
+    "train": ("medsd.train.cli", "configure"),
+    "generate": ("medsd.generate.cli", "configure"),
+    "evaluate": ("medsd.evaluate.cli", "register"),
+    "demo": ("medsd.demo", "configure"),
+}
+
+
+def _not_built(stage: str, reason: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        log.error("`medsd %s` is not built yet in this version (%s)", stage, reason)
+        return 3
+
+    return run
+
+
+def _attach(stage: str, parser: argparse.ArgumentParser) -> None:
+    module_name, function = STAGES[stage]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        # Only a missing stage module means "not built yet"; a missing dependency inside it is a real error.
+        if err.name != module_name:
+            raise
+        parser.set_defaults(func=_not_built(stage, f"{module_name} is missing"))
+        return
+    if function == "register":
+        sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+        getattr(module, function)(sub)
+        parser.set_defaults(func=lambda args: _print_help(parser))
+    else:
+        getattr(module, function)(parser)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `medsd` argument parser with every stage attached."""
+    parser = argparse.ArgumentParser(
+        prog="medsd",
+        description="Medical Stable Diffusion: adapt pretrained latent diffusion models to medical images, "
+        "generate synthetic images and measure them.",
+    )
+    parser.add_argument("--version", action="version", version=f"medsd {__version__}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    noise.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    groups = parser.add_subparsers(title="stages", dest="stage", metavar="STAGE")
+    for stage, help_text in GROUPS.items():
+        _attach(stage, groups.add_parser(stage, help=help_text, description=help_text))
+    return parser
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr; --verbose shows debug, --quiet only warnings; third-party chatter stays at warning."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("diffusers", "transformers", "accelerate", "PIL", "matplotlib", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `medsd` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedsdError as err:
+        print(f"medsd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
