@@ -216,3 +216,23 @@ def test_phantom_source_reads_csv_in_folder(tmp_path, write_png, xray_like):
     )
     ds = build_dataset(DataConfig(source="phantom", root=str(tmp_path)))
     assert ds.pathologies == ["Nodule"] and ds.frame["patient_id"].tolist() == ["z"]
+
+
+def test_phantom_with_relative_root(tmp_path, monkeypatch) -> None:
+    """A recipe's relative `data.root` (as in configs/tiny_*.yaml) must not be joined to itself."""
+    import pandas as pd
+    from PIL import Image
+
+    from medsd.data.config import DataConfig
+    from medsd.data.dataset import build_dataset
+
+    folder = tmp_path / "data" / "phantom"
+    image = folder / "train" / "patient00001" / "study1" / "view1_frontal.png"
+    image.parent.mkdir(parents=True)
+    Image.new("L", (32, 32), 128).save(image)
+    row = {"Path": "train/patient00001/study1/view1_frontal.png", "Sex": "Male", "Age": 50,
+           "Frontal/Lateral": "Frontal", "AP/PA": "PA", "No Finding": 0, "Cardiomegaly": 1}
+    pd.DataFrame([row]).to_csv(folder / "train.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    dataset = build_dataset(DataConfig(source="phantom", root="data/phantom", resolution=32))
+    assert len(dataset) == 1 and dataset[0]["pixel_values"].shape[-1] == 32

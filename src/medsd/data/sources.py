@@ -343,7 +343,7 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
             f"phantom folder {root} holds no CSV with a Path column; create one with `medsd data phantom --out {root}`"
         )
     columns = pd.read_csv(csv_path, nrows=0).columns
-    local = cfg.model_copy(update={"csv": str(csv_path), "path_column": _path_column_of(csv_path)})
+    local = cfg.model_copy(update={"csv": str(csv_path.resolve()), "path_column": _path_column_of(csv_path)})
     data = load_chexpert(local, root) if "Frontal/Lateral" in columns else load_csv(local, root, csv_path)
     if cfg.labels is None:
         present = [p for p in data.pathologies if data.frame[p].isin([1, -1]).any()]
