@@ -1,0 +1,62 @@
+"""`medsd train CONFIG.yaml [--set key=value ...] [--resume latest|PATH]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `medsd train` to `parser`."""
+    parser.description = (
+        "Train a method (lora, full, ...) from a YAML recipe. Works under `accelerate launch` for several "
+        "GPUs or nodes. Writes OUT/config.yaml, OUT/logs (TensorBoard), OUT/checkpoints and the method's artefacts."
+    )
+    parser.add_argument("config", help="YAML recipe (see configs/, e.g. configs/tiny_lora.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set training.max_steps=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume", default=None, metavar="latest|PATH",
+        help="continue from the newest checkpoint in OUT/checkpoints (`latest`) or from a checkpoint folder",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load and validate the recipe, train, print where the artefacts are."""
+    from medsd.config import load_run_config
+    from medsd.train.loop import train
+
+    cfg = load_run_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    for kind, path in result.artefacts.items():
+        print(f"{kind}: {path}")
+    if result.losses:
+        last = max(result.losses)
+        print(f"trained to step {result.step} (last loss {result.losses[last]:.4f}) in {result.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m medsd.train.cli`), handy under `accelerate launch`."""
+    import sys
+
+    from medsd.errors import MedsdError
+
+    parser = argparse.ArgumentParser(prog="medsd train")
+    configure(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MedsdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Settings of the training loop and of each method (`training:`, `method:` and `validation:` sections)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from medsd.config_base import StrictModel
+from medsd.train.method_configs import (
+    AutoencoderMethod,
+    ClassConditionalMethod,
+    DreamBoothMethod,
+    TextEncoderSwapMethod,
+    TextualInversionMethod,
+)
+
+
+class TrainingConfig(StrictModel):
+    """The `training:` section: optimisation and speed settings shared by every method."""
+
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train for (ignored when num_epochs is set).")
+    num_epochs: int | None = Field(
+        None, ge=1, description="Train for this many passes over the data instead of max_steps (None: use max_steps)."
+    )
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="Also stop after this many minutes of optimisation (checkpoint, validation and artefacts as at "
+        "max_steps; the LR schedule still spans max_steps): a time budget for demos and cluster slots.",
+    )
+    batch_size: int = Field(8, ge=1, description="Images per device per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    text_encoder_learning_rate: float | None = Field(
+        None, gt=0, le=1.0, description="Learning rate of a trained text encoder (None: learning_rate)."
+    )
+    scale_lr: bool = Field(
+        False, description="Multiply the learning rate by batch size x accumulation x processes (--scale_lr).",
+    )
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = Field("constant_with_warmup", description="Learning-rate schedule (diffusers.optimization.get_scheduler).")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
+    adam_weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
+    use_8bit_adam: bool = Field(False, description="bitsandbytes 8-bit AdamW (CUDA only): less optimizer memory.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description="accelerate mixed precision. Frozen parts are held in this precision; trained weights stay "
+        "float32 (LoRA parameters are upcast for fp16).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    attention: Literal["auto", "sdpa", "xformers"] = Field(
+        "auto", description="Attention kernel: PyTorch SDPA, xformers, or auto (xformers when installed on CUDA)."
+    )
+    allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    channels_last: bool = Field(False, description="channels_last memory format for the U-Net (faster on GPUs).")
+    compile: bool = Field(False, description="torch.compile the U-Net (slow first step, faster after; GPU).")
+    ema: bool = Field(
+        False, description="Keep an exponential moving average of the trained weights; saved weights use it."
+    )
+    ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay.")
+    min_snr_gamma: float | None = Field(
+        None, gt=0, description="Min-SNR loss weighting gamma (5.0 is the paper's value); None: plain MSE."
+    )
+    noise_offset: float = Field(
+        0.0, ge=0, description="Offset noise strength (0.05-0.1 helps very dark or bright images)."
+    )
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None,
+        description="Override the model's prediction type (None: keep the scheduler's; SD 2.x uses v_prediction).",
+    )
+    dataloader_num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    cache_latents: bool = Field(
+        True,
+        description="Encode VAE latents once and keep them on disk (off automatically when data.augment is on).",
+    )
+    cache_text_embeddings: bool = Field(
+        True, description="Encode each distinct prompt once when the text encoder is frozen."
+    )
+    cache_dir: str | None = Field(
+        None, description="Latent cache folder (None: OUTPUT/cache). Share it between runs on the same data."
+    )
+    checkpointing_steps: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = Field(3, ge=1, description="Keep only the newest K checkpoints.")
+    log_every: int = Field(1, ge=1, description="Write train/loss and train/lr to TensorBoard every N steps.")
+
+
+class LoraMethod(StrictModel):
+    """LoRA adapters (peft) on the U-Net attention projections, optionally on the text encoder."""
+
+    name: Literal["lora"] = "lora"
+    rank: int = Field(4, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(4.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"],
+        description="U-Net module names that get adapters (attention projections).",
+    )
+    train_text_encoder: bool = Field(False, description="Also put LoRA adapters on the CLIP text encoder.")
+    text_encoder_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        description="Text-encoder module names that get adapters when train_text_encoder is on.",
+    )
+    export_kohya: bool = Field(True, description="Also write lora_kohya.safetensors (kohya / A1111 key names).")
+
+
+class FullMethod(StrictModel):
+    """Full U-Net fine-tuning, optionally with the text encoder (RoentGen's best setting)."""
+
+    name: Literal["full"] = "full"
+    train_text_encoder: bool = Field(False, description="Also fine-tune the CLIP text encoder.")
+
+
+# The other methods keep their settings in method_configs.py; a recipe's `method:` is any one of them.
+MethodConfig = Annotated[
+    LoraMethod | FullMethod | TextualInversionMethod | DreamBoothMethod | TextEncoderSwapMethod
+    | ClassConditionalMethod | AutoencoderMethod,
+    Field(discriminator="name"),
+]
+
+
+class ValidationConfig(StrictModel):
+    """The `validation:` section: fixed prompts and seeds rendered every N steps (and at the end)."""
+
+    prompts: list[str] = Field(default_factory=list, description="Prompts rendered at each validation (empty: none).")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="One image per prompt and seed.")
+    steps: int = Field(500, ge=1, description="Validate every N optimizer steps.")
+    num_inference_steps: int = Field(20, ge=1, description="Sampler steps per validation image.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    resolution: int | None = Field(None, ge=8, description="Image side in pixels (None: data.resolution).")
+
+    @model_validator(mode="after")
+    def _seeds_not_empty(self) -> ValidationConfig:
+        if self.prompts and not self.seeds:
+            raise ValueError("validation.seeds must hold at least one seed when prompts are given")
+        return self

@@ -1,0 +1,333 @@
+"""The one training loop shared by every method.
+
+`train(cfg)` reads as the algorithm: load the model, let the method pick what trains, get latents (cached
+or encoded on the fly), then for every batch
+
+    1. latents  <- cached distribution or VAE(pixels), sampled, scaled
+    2. noise, timesteps t, noisy = scheduler.add_noise(latents, noise, t)
+    3. cond     <- method.encode_condition(batch)         (cached when the text encoder is frozen)
+    4. pred     <- unet(noisy, t, cond)
+    5. loss     <- method.loss(pred, target = noise | velocity, min-SNR weights)
+    6. backward, clip, optimizer / LR step (accelerate handles precision, accumulation, processes)
+    7. method.after_step(), EMA, log, checkpoint, validate
+
+Everything method-specific sits behind `medsd.train.methods.Method`; the set-up helpers live in
+`medsd.train.setup` and the arithmetic of steps 1-5 in `medsd.train.step`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medsd.config_base import dump_yaml
+from medsd.errors import MedsdError
+from medsd.train.cache import PromptEmbeddingCache
+from medsd.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from medsd.train.config import TrainingConfig
+from medsd.train.methods import Method
+from medsd.train.setup import (
+    build_run_method,
+    make_ema,
+    make_lr_scheduler,
+    make_optimizer,
+    oom_advice,
+    text_cache,
+    training_data,
+)
+from medsd.train.step import check_finite, diffusion_loss
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainResult:
+    """What a run did: where it wrote, how far it got, the per-step losses and its artefacts."""
+
+    output_dir: Path
+    step: int
+    losses: dict[int, float] = field(default_factory=dict)
+    artefacts: dict[str, str] = field(default_factory=dict)
+    latent_cache: str | None = None
+    images_per_second: float = 0.0
+    num_processes: int = 1
+    method: Method | None = field(default=None, repr=False)  # the trained modules, for programmatic use
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh seeded permutation per epoch: the data order depends only on (seed, epoch), so it resumes."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def use_epoch(self, epoch: int) -> None:
+        """Select the permutation of `epoch` (not `set_epoch`, which accelerate would call on its own)."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built once by `_prepare` and read by the step loop."""
+
+    cfg: Any
+    accelerator: Any
+    method: Method
+    models: list[torch.nn.Module]
+    loader: Any
+    sampler: EpochSampler
+    optimizer: Any
+    lr_scheduler: Any
+    ema: Any
+    encode_text: PromptEmbeddingCache | None
+    max_steps: int
+    weight_dtype: torch.dtype
+    writer: Any = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def images_per_step(self) -> int:
+        tc = self.cfg.training
+        return tc.batch_size * tc.gradient_accumulation_steps * self.accelerator.num_processes
+
+
+def train(
+    cfg: Any,
+    dataset: Dataset | None = None,
+    resume: str | None = None,
+    callbacks: Sequence[Callable[[int, float], None]] = (),
+) -> TrainResult:
+    """Train `cfg.method` on `dataset` (default: `build_dataset(cfg.data, split="train")`) and save artefacts.
+
+    `resume` is `latest` or a checkpoint folder. `callbacks(step, loss)` run after every optimizer step.
+    """
+    run, cache_note = _prepare(cfg, dataset)
+    step, epoch, skip = _resume(run, resume)
+    result = TrainResult(run.out, step, latent_cache=cache_note, method=run.method,
+                         num_processes=run.accelerator.num_processes)
+    started = time.perf_counter()
+    try:
+        _train_steps(run, result, epoch, skip, callbacks)
+    except torch.OutOfMemoryError as err:
+        raise MedsdError(oom_advice(cfg.training, err)) from err
+    finally:
+        if run.writer is not None:
+            run.writer.flush()
+    result.images_per_second = run.images_per_step * (result.step - step) / max(time.perf_counter() - started, 1e-9)
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        result.artefacts = _save_artefacts(run.method, run.ema, run.out, cfg)
+        run.writer.close()
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return result
+
+
+def _prepare(cfg: Any, dataset: Dataset | None) -> tuple[Run, str | None]:
+    """Accelerator, model + method, data (cached or not), optimizer, LR schedule, EMA, TensorBoard writer."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    tc: TrainingConfig = cfg.training
+    # accelerate keeps precision settings in a process-wide singleton; forget the previous run's (several runs
+    # in one process: tests, notebooks, the demo). The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # model.device: cpu forces CPU (also under `accelerate launch`, where it makes processes join over gloo);
+    # otherwise accelerate gives each process its own GPU.
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        cpu=cfg.model.device == "cpu",
+    )
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out / "config.yaml")
+    weight_dtype = PRECISIONS[tc.mixed_precision]
+    method = build_run_method(cfg, accelerator, weight_dtype)
+
+    if dataset is None:
+        from medsd.data.dataset import build_dataset
+
+        dataset = build_dataset(cfg.data, split="train")
+    if len(dataset) == 0:
+        raise MedsdError("the training data set is empty; check data.root, data.csv and the data filters")
+    dataset = method.prepare_data(dataset)
+    train_data, cache_note = training_data(cfg, dataset, method, accelerator)
+
+    sampler = EpochSampler(len(train_data), cfg.seed)
+    loader = DataLoader(
+        train_data, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.dataloader_num_workers,
+        drop_last=len(train_data) >= tc.batch_size * accelerator.num_processes,
+        pin_memory=accelerator.device.type == "cuda", persistent_workers=tc.dataloader_num_workers > 0,
+        # Its own generator: starting an iterator draws a worker seed, which must not consume the global RNG
+        # (the noise and timesteps come from it, and a resumed run starts one extra iterator).
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    optimizer = make_optimizer(method, tc, accelerator)
+    names = list(method.trainable_modules())
+    *models, optimizer, loader = accelerator.prepare(*method.trainable_modules().values(), optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / tc.gradient_accumulation_steps)
+    max_steps = tc.num_epochs * steps_per_epoch if tc.num_epochs else tc.max_steps
+    lr_scheduler = accelerator.prepare(make_lr_scheduler(tc, optimizer, max_steps, accelerator.num_processes))
+    if tc.compile:
+        models[names.index("unet")] = torch.compile(models[names.index("unet")])
+    method.bind(dict(zip(names, models, strict=True)))
+    for m in method.trainable_modules().values():
+        m.train()
+    ema = make_ema(method, tc, accelerator)
+    writer = _writer(out) if accelerator.is_main_process else None
+    run = Run(cfg, accelerator, method, models, loader, sampler, optimizer, lr_scheduler, ema,
+              text_cache(tc, method), max_steps, weight_dtype, writer)
+    log.info("%s; %d samples, %d steps (%d per epoch), %d images per step", method.describe(), len(train_data),
+             max_steps, steps_per_epoch, run.images_per_step)
+    return run, cache_note
+
+
+def _resume(run: Run, resume: str | None) -> tuple[int, int, int]:
+    """Re-seed, then restore a checkpoint if asked; returns (step, epoch, batches to skip in that epoch)."""
+    from accelerate.utils import set_seed
+
+    # Re-seed: building the latent cache (or not, on a hit) must not change the training noise; each process
+    # draws its own noise (device_specific) for its own share of the batch.
+    set_seed(run.cfg.seed, device_specific=True)
+    checkpoint = resolve_resume(run.out, resume)
+    if checkpoint is None:
+        return 0, 0, 0
+    state = load_checkpoint(checkpoint, run.method, run.optimizer, run.lr_scheduler, run.ema, run.accelerator)
+    if run.ema is not None:
+        run.ema.to(run.accelerator.device)
+    step, epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+    return (step, epoch + 1, 0) if skip >= len(run.loader) else (step, epoch, skip)
+
+
+def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
+                 callbacks: Sequence[Callable[[int, float], None]]) -> None:
+    """Epochs of micro-batches until `max_steps` optimizer steps; updates `result.step` and `result.losses`."""
+    from tqdm.auto import tqdm
+
+    tc, accelerator, method = run.cfg.training, run.accelerator, run.method
+    progress = tqdm(total=run.max_steps, initial=result.step, desc="train",
+                    disable=not accelerator.is_local_main_process)
+    step_loss, started, first_step = 0.0, time.perf_counter(), result.step
+    try:
+        while result.step < run.max_steps:
+            run.sampler.use_epoch(epoch)
+            batches, loader = skip, accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+            skip = 0
+            for batch in loader:
+                with accelerator.accumulate(*run.models):
+                    # autocast here too: a frozen U-Net (textual inversion) is not wrapped by accelerate.prepare.
+                    with accelerator.autocast():
+                        loss = method.training_loss(batch)
+                        if loss is None:
+                            loss = diffusion_loss(method, batch, method.components.noise_scheduler, tc,
+                                                  run.encode_text, accelerator)
+                    value = check_finite(loss, accelerator, result.step, run.out)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and tc.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(method.trainable_parameters(), tc.max_grad_norm)
+                    run.optimizer.step()
+                    run.lr_scheduler.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                batches += 1
+                step_loss += value / tc.gradient_accumulation_steps
+                if not accelerator.sync_gradients:
+                    continue
+                result.step += 1
+                result.losses[result.step] = step_loss
+                step_loss = 0.0
+                rate = run.images_per_step * (result.step - first_step) / max(time.perf_counter() - started, 1e-9)
+                if _out_of_time(tc, started, accelerator):
+                    log.info("training.max_minutes=%s reached: stopping at step %d", tc.max_minutes, result.step)
+                    run.max_steps = progress.total = result.step
+                _after_step(run, result.step, result.losses[result.step], rate, progress, callbacks,
+                            {"epoch": epoch, "batches_in_epoch": batches})
+                if result.step >= run.max_steps:
+                    break
+            else:
+                epoch += 1
+    finally:
+        progress.close()
+
+
+def _out_of_time(tc: TrainingConfig, started: float, accelerator: Any) -> bool:
+    """True once `max_minutes` have passed on any process (accelerate's trigger makes every process agree)."""
+    if tc.max_minutes is None:
+        return False
+    if time.perf_counter() - started > tc.max_minutes * 60:
+        accelerator.set_trigger()
+    return accelerator.check_trigger()
+
+
+def _after_step(run: Run, step: int, loss: float, rate: float, progress: Any,
+                callbacks: Sequence[Callable[[int, float], None]], position: dict[str, int]) -> None:
+    """Step 7: method fix-up, EMA, logs, callbacks, checkpoint and validation when due."""
+    tc = run.cfg.training
+    run.method.after_step()
+    if run.ema is not None:
+        run.ema.step(run.method.trainable_parameters())
+    _log_step(run.writer, progress, tc, step, loss, run.lr_scheduler.get_last_lr()[0], rate)
+    for callback in callbacks:
+        callback(step, loss)
+    last = step == run.max_steps
+    if step % tc.checkpointing_steps == 0 or last:
+        save_checkpoint(run.out, step, run.method, run.optimizer, run.lr_scheduler, run.ema, position,
+                        run.accelerator, tc.checkpoints_total_limit)
+    if step % run.cfg.validation.steps == 0 or last:
+        _validate(run.cfg, run.method, step, run.out, run.writer, run.ema, run.accelerator, run.weight_dtype)
+
+
+def _writer(out: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out / "logs"))
+
+
+def _log_step(writer: Any, progress: Any, tc: TrainingConfig, step: int, loss: float, lr: float, rate: float) -> None:
+    if writer is not None and step % tc.log_every == 0:
+        writer.add_scalar("train/loss", loss, step)
+        writer.add_scalar("train/lr", lr, step)
+        writer.add_scalar("train/images_per_second", rate, step)
+    progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
+    progress.update(1)
+
+
+def _validate(cfg: Any, method: Method, step: int, out: Path, writer: Any, ema: Any, accelerator: Any,
+              weight_dtype: torch.dtype) -> None:
+    if accelerator.is_main_process:
+        resolution = cfg.validation.resolution or getattr(cfg.data, "resolution", 64)
+        method.validate(cfg.validation, step, out, resolution, writer, ema, weight_dtype)
+    accelerator.wait_for_everyone()
+
+
+def _save_artefacts(method: Method, ema: Any, out: Path, cfg: Any) -> dict[str, str]:
+    """The method's standard outputs (with EMA weights when kept) plus `artefacts.json` describing them."""
+    if ema is not None:
+        ema.copy_to(method.trainable_parameters())
+    artefacts = method.save_artefacts(out)
+    info = {"method": method.name, "base_model": cfg.model.pretrained, "artefacts": artefacts}
+    (out / "artefacts.json").write_text(json.dumps(info, indent=1))
+    log.info("saved %s", ", ".join(f"{k}: {v}" for k, v in artefacts.items()))
+    return artefacts

@@ -1,0 +1,81 @@
+"""One diffusion training step's arithmetic: latents, noise, timesteps, target, prediction, loss."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsd.errors import MedsdError
+from medsd.train.checkpoint import list_checkpoints
+from medsd.train.config import TrainingConfig
+from medsd.train.methods import Method
+
+
+def sample_latents(method: Method, batch: dict[str, Any], accelerator: Any) -> torch.Tensor:
+    """Step 1: sample latents from the cached distribution, or encode the pixels now."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    vae = method.components.vae
+    if "latent_params" in batch:
+        dist = DiagonalGaussianDistribution(batch["latent_params"].to(accelerator.device, torch.float32))
+    else:
+        with torch.no_grad():
+            dist = vae.encode(batch["pixel_values"].to(accelerator.device, method.weight_dtype)).latent_dist
+    latents = dist.sample().float()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def diffusion_loss(
+    method: Method, batch: dict[str, Any], scheduler: Any, tc: TrainingConfig, encode_text: Any, accelerator: Any
+) -> torch.Tensor:
+    """Steps 1-5 for one micro-batch: the denoising loss."""
+    latents = sample_latents(method, batch, accelerator)
+    noise = torch.randn_like(latents)
+    if tc.noise_offset:
+        noise += tc.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
+    noisy = scheduler.add_noise(latents, noise, t)
+    if encode_text is not None and "encoder_hidden_states" not in batch:
+        batch["encoder_hidden_states"] = encode_text(list(batch["prompt"]))
+    with torch.no_grad() if method.conditioning_is_frozen else nullcontext():
+        cond = method.encode_condition(batch)
+    prediction = scheduler.config.prediction_type
+    if prediction == "epsilon":
+        target = noise
+    elif prediction == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, t)
+    else:
+        raise MedsdError(f"prediction type {prediction!r} is not supported; use epsilon or v_prediction")
+    model_pred = method.module("unet")(noisy, t, cond, return_dict=False)[0]
+    weights = min_snr_weights(scheduler, t, tc.min_snr_gamma, prediction) if tc.min_snr_gamma else None
+    return method.loss(model_pred, target, batch, weights)
+
+
+def check_finite(loss: torch.Tensor, accelerator: Any, step: int, out: Path) -> float:
+    """The loss averaged over processes; NaN / inf anywhere stops every process before backward (MedsdError)."""
+    value = accelerator.gather(loss.detach().float().reshape(1))
+    if not torch.isfinite(value).all():
+        raise MedsdError(_nan_message(step, out, value[~torch.isfinite(value)]))
+    return value.mean().item()
+
+
+def min_snr_weights(scheduler: Any, t: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023): min(SNR, gamma) / SNR, or / (SNR + 1) for v-prediction."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, t)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr
+
+
+def _nan_message(step: int, out: Path, value: torch.Tensor) -> str:
+    found = list_checkpoints(out)
+    last = f"the last good checkpoint is {found[-1][1]} (resume with --resume latest)" if found else \
+        "no checkpoint was written yet"
+    return (f"training loss became {value.flatten()[0].item()} at step {step + 1}; the run stopped before applying "
+            f"that update and {last}. Lower training.learning_rate, use mixed_precision bf16 instead of fp16, or check "
+            "the data for NaN / constant images")

@@ -1,0 +1,131 @@
+"""LoRA and full fine-tuning on the tiny model: what trains, what is logged, and that diffusers loads the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medsd.config import load_run_config
+
+PROMPT = "a chest x-ray with cardiomegaly"
+
+
+def _render(pipe, seed: int = 0) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(PROMPT, num_inference_steps=2, guidance_scale=1.0, height=32, width=32, generator=generator,
+                output_type="np").images[0]
+
+
+def _scalars(logdir) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    out = {t: [e.value for e in acc.Scalars(t)] for t in tags["scalars"]}
+    out["_images"] = tags["images"]
+    return out
+
+
+def test_lora_trains_only_adapters_and_loads_in_diffusers(tiny_model_dir, shapes, shared_cache, tmp_path, recipe):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "lora"
+    cfg = recipe(tiny_model_dir, out, "lora", max_steps=3, checkpointing_steps=3, learning_rate=5e-2,
+                      cache_dir=str(shared_cache))
+    cfg.validation.prompts = [PROMPT]
+    cfg.validation.num_inference_steps = 2
+    base = load_file(str(tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    result = train_run(cfg, shapes)
+
+    # Base weights are untouched; only adapters moved (B starts at zero with gaussian init).
+    unet = result.method.components.unet
+    trained = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert trained and all("lora" in n for n in trained)
+    for name, value in unet.state_dict().items():
+        if "lora" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(value, base[key]), name
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    ups = [v for k, v in saved.items() if "lora_B" in k or "lora.up" in k]
+    assert ups and all(v.abs().sum() > 0 for v in ups)
+    assert all(k.startswith("unet.") for k in saved)
+
+    kohya = load_file(str(out / "lora_kohya.safetensors"))
+    assert any(k.startswith("lora_unet_") and k.endswith("lora_down.weight") for k in kohya)
+    assert all(float(v) == cfg.method.alpha for k, v in kohya.items() if k.endswith(".alpha"))
+
+    # Plain diffusers loads the adapters, and they change the output.
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    before = _render(pipe)
+    pipe.load_lora_weights(out)
+    after = _render(pipe)
+    assert np.abs(after - before).max() > 1e-4
+
+    # Logs, resolved config, validation grid, checkpoint.
+    scalars = _scalars(out / "logs")
+    assert len(scalars["train/loss"]) == 3 and len(scalars["train/lr"]) == 3
+    assert any(tag.startswith("validation/") for tag in scalars["_images"])
+    assert (out / "validation" / "step-000003.png").is_file()
+    assert load_run_config(out / "config.yaml").method.name == "lora"
+    assert (out / "checkpoints" / "checkpoint-3" / "state.json").is_file()
+    assert result.latent_cache is not None
+
+
+def test_full_fine_tune_changes_unet_and_text_encoder(tiny_model_dir, shapes, shared_cache, tmp_path, recipe):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "full"
+    cfg = recipe(tiny_model_dir, out, "full", num_epochs=1, gradient_accumulation_steps=2, ema=True,
+                 ema_decay=0.9, min_snr_gamma=5.0, noise_offset=0.05, prediction_type="v_prediction",
+                 cache_dir=str(shared_cache), dataloader_num_workers=1)
+    cfg.method.train_text_encoder = True
+    result = train_run(cfg, shapes)
+    assert result.step == 2  # 8 samples / (batch 2 x accumulation 2)
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None)
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    for part in ("unet", "text_encoder"):
+        new, old = getattr(pipe, part).state_dict(), getattr(base, part).state_dict()
+        changed = [k for k in old if not torch.equal(new[k], old[k])]
+        assert len(changed) > len(old) // 2, part
+    vae_new, vae_old = pipe.vae.state_dict(), base.vae.state_dict()
+    assert all(torch.equal(vae_new[k], vae_old[k]) for k in vae_old)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    assert np.isfinite(_render(pipe)).all()
+
+
+def test_lora_bf16_text_encoder_adapters_stay_float32(tiny_model_dir, shapes, shared_cache, tmp_path, recipe):
+    cfg = recipe(tiny_model_dir, tmp_path / "bf16", "lora", max_steps=2, mixed_precision="bf16",
+                 cache_dir=str(shared_cache), cache_latents=False, learning_rate=5e-2)
+    cfg.method.train_text_encoder = True
+    result = train_run(cfg, shapes)
+    for part in ("unet", "text_encoder"):
+        dtypes = {n: p.dtype for n, p in getattr(result.method.components, part).named_parameters()}
+        assert all(d == torch.float32 for n, d in dtypes.items() if "lora" in n), part
+        assert any(d == torch.bfloat16 for n, d in dtypes.items() if "lora" not in n), part
+    assert all(np.isfinite(v) for v in result.losses.values())
+    saved = load_file(str(tmp_path / "bf16" / "pytorch_lora_weights.safetensors"))
+    assert {k.split(".")[0] for k in saved} == {"unet", "text_encoder"}
+    kohya = load_file(str(tmp_path / "bf16" / "lora_kohya.safetensors"))
+    assert any(k.startswith("lora_te1_") for k in kohya)
+
+
+def train_run(cfg, dataset, **kwargs):
+    from medsd.train.loop import train
+
+    return train(cfg, dataset, **kwargs)
+
+
+@pytest.mark.parametrize("bad", ["training.max_step=3", "method.rank=0", "method.name=magic"])
+def test_bad_recipe_values_fail_before_training(tmp_path, bad, recipe):
+    from medsd.config_base import dump_yaml
+    from medsd.errors import MedsdError
+
+    path = dump_yaml(recipe(tmp_path / "m", tmp_path / "o"), tmp_path / "r.yaml")
+    with pytest.raises(MedsdError, match=bad.split("=")[0].split(".")[-1]):
+        load_run_config(path, [bad])
