@@ -76,3 +76,12 @@ def test_device_and_dtype_settings() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(MedsdError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_tiny_scheduler_never_clips_latents(tiny_model_dir: Path) -> None:
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    parts = load_components(str(tiny_model_dir))
+    assert parts.noise_scheduler.config.clip_sample is False
+    for cls in (DDIMScheduler, DDPMScheduler):
+        assert cls.from_pretrained(tiny_model_dir, subfolder="scheduler").config.clip_sample is False

@@ -216,6 +216,9 @@ def build_tiny_model(out_dir: str | Path, size: Literal["test", "demo"] = "test"
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
     )
+    # As in SD's own scheduler config: samplers built from it (DDIM, DDPM) must not clip the predicted x0 to
+    # [-1, 1], which is right for pixels but posterizes latents (their std is ~1 after scaling).
+    scheduler.register_to_config(clip_sample=False)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
