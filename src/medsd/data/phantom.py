@@ -29,27 +29,14 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from medsd.data import phantom_ct as pct
+from medsd.data.sources import CHEXPERT_LABELS as SOURCE_CHEXPERT_LABELS
 from medsd.errors import MedsdError
 
 log = logging.getLogger(__name__)
 
 PHANTOM_VERSION = "1.0"
-CHEXPERT_LABELS = [
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-]
+# The CSV carries all 14 CheXpert columns, so the ordinary CheXpert loader reads it.
+CHEXPERT_LABELS = ["No Finding", *SOURCE_CHEXPERT_LABELS]
 FINDINGS = ["Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion"]
 # CheXpert's hierarchy: consolidation and lesions are lung opacities; we set the parent label too.
 PARENT_LABELS = {"Consolidation": "Lung Opacity", "Lung Lesion": "Lung Opacity"}
