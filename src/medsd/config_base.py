@@ -7,6 +7,7 @@ message naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,3 +141,11 @@ def dump_yaml(obj: BaseModel, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(obj.model_dump(mode="json"), sort_keys=False))
     return path
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str = "training.max_steps=10") -> None:
+    """The `--set KEY=VALUE` option (repeatable) that every recipe-reading command shares; dest `overrides`."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help=f"override a recipe value with a dotted key, e.g. {example} (repeatable)",
+    )

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medsd.config_base import load_yaml_section
+from medsd.config_base import add_set_option, load_yaml_section
 from medsd.data import phantom_cli
 from medsd.data.config import DataConfig
 
@@ -25,14 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=16, help="images to decode for stats and the contact sheet")
     p.add_argument("--check-all", action="store_true", help="decode every image to list all unreadable files")
     p.add_argument("--all-labels", action="store_true", help="print every label combination with its count")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. data.resolution=128 (repeatable)",
-    )
+    add_set_option(p, "data.resolution=128")
     p.set_defaults(func=run_inspect)
 
     p = subparsers.add_parser(
@@ -43,14 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML recipe with a `data:` section")
     p.add_argument("--out", default=None, help="cache folder (default: data.cache_dir)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: data.workers)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. data.resolution=128 (repeatable)",
-    )
+    add_set_option(p, "data.resolution=128")
     p.set_defaults(func=run_prepare)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from medsd.config_base import add_set_option
+
 log = logging.getLogger(__name__)
 
 
@@ -15,10 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "GPUs or nodes. Writes OUT/config.yaml, OUT/logs (TensorBoard), OUT/checkpoints and the method's artefacts."
     )
     parser.add_argument("config", help="YAML recipe (see configs/, e.g. configs/tiny_lora.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set training.max_steps=10 (repeatable)",
-    )
+    add_set_option(parser)
     parser.add_argument(
         "--resume", default=None, metavar="latest|PATH",
         help="continue from the newest checkpoint in OUT/checkpoints (`latest`) or from a checkpoint folder",
