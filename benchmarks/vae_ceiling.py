@@ -1,0 +1,50 @@
+"""How much of each finding survives the VAE: the faithfulness ceiling of a latent diffusion model.
+
+Scores real phantom images and their VAE reconstructions with the phantom reference classifier; a finding
+whose AUC drops on reconstructions cannot be generated faithfully, however long the diffusion model trains.
+
+    python benchmarks/vae_ceiling.py --vae demo_out/runs/autoencoder/vae --classifier demo_out/classifier \
+        --data demo_out/data/phantom_heldout
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vae", required=True, help="AutoencoderKL folder (e.g. an autoencoder run's vae/)")
+    parser.add_argument("--classifier", required=True, help="phantom reference classifier folder")
+    parser.add_argument("--data", required=True, help="phantom folder (held-out images)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    args = parser.parse_args()
+
+    from diffusers import AutoencoderKL
+
+    from medsd.data.phantom_classifier import load_reference_classifier
+    from medsd.evaluate.io import labels_for, load_image_folder
+
+    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    classifier = load_reference_classifier(args.classifier).eval()
+    images, frame = load_image_folder(args.data, args.size)
+    labels = labels_for(frame, classifier.findings)
+    with torch.no_grad():
+        pixels = images.expand(-1, 3, -1, -1) * 2 - 1
+        recon = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in pixels.split(50)])
+        recon = ((recon.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
+        scores = {"real": classifier(images).sigmoid().numpy(), "reconstructed": classifier(recon).sigmoid().numpy()}
+    print(f"{len(images)} images, mean L1 reconstruction error {float((recon - images).abs().mean()):.4f}\n")
+    print("| finding | AUC real | AUC VAE-reconstructed |\n|---|---|---|")
+    for j, finding in enumerate(classifier.findings):
+        known = ~np.isnan(labels[:, j])
+        aucs = [roc_auc_score(labels[known, j], scores[k][known, j]) for k in ("real", "reconstructed")]
+        print(f"| {finding} | {aucs[0]:.3f} | {aucs[1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
