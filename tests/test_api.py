@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 import medsd
 
 
 def test_medsd_generate_is_the_generation_api(tiny_model_dir: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     table = medsd.generate(
         str(tiny_model_dir), ["a chest x-ray with cardiomegaly"], num_images=2, steps=2, height=32, width=32,
         out_dir=tmp_path, device="cpu", progress=False,

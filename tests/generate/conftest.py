@@ -8,16 +8,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread for these tiny models: on the shared 2-core machine, OpenMP threads spinning against
-    other processes made each U-Net call 20-100x slower (measured 1-3 s vs 0.05 s per call)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir: Path):
     """The tiny test model loaded for sampling (CPU, float32); tests must not modify it."""

@@ -47,15 +47,6 @@ class ShapesDataset(Dataset):
                 "patient_id": f"p{index}", "path": f"shapes/{self.size}/{index}.png", "index": index}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread per test: on a shared 2-core machine OpenMP spin-waits stall multi-threaded steps."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def shapes() -> ShapesDataset:
     """Eight 32 px synthetic samples."""
