@@ -11,7 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from medsd import __version__
 from medsd.errors import MedsdError
@@ -41,24 +41,9 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def _not_built(stage: str, reason: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        log.error("`medsd %s` is not built yet in this version (%s)", stage, reason)
-        return 3
-
-    return run
-
-
 def _attach(stage: str, parser: argparse.ArgumentParser) -> None:
     module_name, function = STAGES[stage]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        # Only a missing stage module means "not built yet"; a missing dependency inside it is a real error.
-        if err.name != module_name:
-            raise
-        parser.set_defaults(func=_not_built(stage, f"{module_name} is missing"))
-        return
+    module = importlib.import_module(module_name)
     if function == "register":
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
         getattr(module, function)(sub)
