@@ -180,8 +180,9 @@ def _recipes(out: Path, model: Path, data: Path, plan: DemoPlan) -> dict[str, di
             "training": {**train, "max_steps": plan.autoencoder_steps, "max_minutes": plan.autoencoder_minutes,
                          "learning_rate": 2e-3, "adam_weight_decay": 0.0, "cache_latents": False,
                          "checkpointing_steps": 200},
-            "method": {"name": "autoencoder", "reconstruction": "l1", "kl_weight": 1e-6,
-                       "crop_size": plan.size // 2},
+            # A fresh VAE with Medfusion's 8 latent channels: more detail survives than with SD's 4.
+            "method": {"name": "autoencoder", "init": "scratch", "latent_channels": 8, "reconstruction": "l1",
+                       "kl_weight": 1e-6, "crop_size": plan.size // 2},
             "validation": {"steps": 1000},
         },
         "class_conditional": {

@@ -42,3 +42,36 @@ def test_vae_trains_on_pixels_then_class_conditional_uses_it(tiny_model_dir, sha
     used = trained.method.components.vae.state_dict()
     final = AutoencoderKL.from_pretrained(out / "vae").state_dict()
     assert all(torch.equal(used[k], final[k]) for k in final)
+
+
+def test_eight_channel_vae_from_scratch_and_a_unet_that_fits_it(tiny_model_dir, shapes, shared_cache, tmp_path,
+                                                                 recipe):
+    """Medfusion's 8-channel latents: a fresh VAE, then a class-conditional U-Net built for its channels."""
+    import pytest
+    from diffusers import AutoencoderKL
+
+    from medsd.errors import MedsdError
+    from medsd.generate.api import generate
+
+    out = tmp_path / "ae8"
+    cfg = recipe(tiny_model_dir, out, "autoencoder", max_steps=1, learning_rate=2e-3)
+    cfg.method = AutoencoderMethod(init="scratch", latent_channels=8)
+    train(cfg, shapes)
+    assert AutoencoderKL.from_pretrained(out / "vae").config.latent_channels == 8
+
+    cc = recipe(tiny_model_dir, tmp_path / "cc8", "class_conditional", max_steps=1, cache_dir=str(shared_cache))
+    cc.method = ClassConditionalMethod(vae=str(out))
+    trained = train(cc, shapes)
+    unet = trained.method.components.unet
+    assert unet.config.in_channels == unet.config.out_channels == 8
+    frame = generate(tmp_path / "cc8" / "model", prompts=["Cardiomegaly"], num_images=1, steps=2, height=32, width=32,
+                     out_dir=tmp_path / "gen8")
+    assert len(frame) == 1
+
+    # A pretrained 4-channel U-Net cannot work in 8-channel latents: said before training.
+    cc.method = ClassConditionalMethod(vae=str(out), init="pretrained")
+    with pytest.raises(MedsdError, match="latent channels"):
+        train(cc, shapes)
+    cfg.method = AutoencoderMethod(latent_channels=8)
+    with pytest.raises(MedsdError, match="init: scratch"):
+        train(cfg, shapes)

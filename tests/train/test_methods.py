@@ -129,3 +129,12 @@ def test_bad_recipe_values_fail_before_training(tmp_path, bad, recipe):
     path = dump_yaml(recipe(tmp_path / "m", tmp_path / "o"), tmp_path / "r.yaml")
     with pytest.raises(MedsdError, match=bad.split("=")[0].split(".")[-1]):
         load_run_config(path, [bad])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_adamw_is_used_unless_turned_off(tiny_model_dir, shapes, shared_cache, tmp_path, recipe, fused):
+    from medsd.train.loop import _prepare
+
+    cfg = recipe(tiny_model_dir, tmp_path / "run", fused_optimizer=fused, cache_dir=str(shared_cache))
+    run, _ = _prepare(cfg, shapes)
+    assert bool(run.optimizer.optimizer.defaults["fused"]) is fused

@@ -29,3 +29,38 @@ def test_time_budget_must_be_positive(recipe, tiny_model_dir, tmp_path) -> None:
 
     with pytest.raises(ValidationError, match="max_minutes"):
         recipe(tiny_model_dir, tmp_path, max_minutes=0)
+
+
+def test_schedule_is_fitted_to_the_budget(tiny_model_dir, shapes, shared_cache, tmp_path, recipe) -> None:
+    """After 5% of max_minutes the measured rate sets max_steps, and the LR schedule then ends there."""
+    from medsd.train.loop import _fit_to_time, _prepare
+
+    cfg = recipe(tiny_model_dir, tmp_path / "run", max_steps=1000, max_minutes=1.0, lr_scheduler="cosine",
+                 cache_dir=str(shared_cache))
+    run, _ = _prepare(cfg, shapes)
+    clock: dict[int, float] = {}
+    # Steps finish every 0.5 s after a 2 s first step; 5% of the 60 s budget has passed at step 3 (3.0 s).
+    for step in range(1, 4):
+        _fit_to_time(run, step, 0, 0.0, clock, 1.5 + 0.5 * step)
+    # Rate 2 steps/s over steps 2-3; 57 s remain: 3 + int(0.98 * 2 * 57) = 114 steps.
+    assert run.max_steps == run.fitted_steps == 114
+    lr = run.lr_scheduler.scheduler.lr_lambdas[0]
+    assert lr(0) == 1.0 and abs(lr(57) - 0.5) < 0.02 and lr(114) == 0.0
+    # Fitted once: later steps leave it alone.
+    _fit_to_time(run, 4, 0, 0.0, clock, 100.0)
+    assert run.max_steps == 114
+
+
+def test_fitted_length_is_saved_and_resumed(tiny_model_dir, shapes, shared_cache, tmp_path, recipe) -> None:
+    import json
+
+    out = tmp_path / "run"
+    cfg = recipe(tiny_model_dir, out, max_steps=100_000, max_minutes=0.1, lr_scheduler="cosine",
+                 checkpointing_steps=100_000, cache_dir=str(shared_cache))
+    first = train(cfg, dataset=shapes)
+    (_, last), = list_checkpoints(out)
+    fitted = json.loads((last / "state.json").read_text())["fitted_max_steps"]
+    assert 3 <= first.step <= fitted < 100_000
+    # Resuming keeps the fitted length (and so the same schedule) rather than going back to max_steps.
+    again = train(cfg, dataset=shapes, resume="latest")
+    assert first.step <= again.step <= fitted

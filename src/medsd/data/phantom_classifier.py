@@ -145,16 +145,41 @@ def load_phantom_split(
 
 
 def _augment(x: Tensor, g: torch.Generator) -> Tensor:
-    """Shift by up to 4 px, jitter contrast/brightness, add noise: the phantom varies, but not enough."""
+    """Shift by up to 4 px, jitter contrast/brightness, blur half the batch a little, add noise.
+
+    The blur matters: without it the network finds consolidation by its pixel-scale texture alone, a shortcut
+    that a blur of sigma 0.75 px at 64 px (or any autoencoder's reconstruction) removes while the opacity stays
+    plainly visible; a judge of generated images must look at the finding, not at that texture.
+    """
     b, _, s, _ = x.shape
     pad = 4
     xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
     x = xp[:, :, dy : dy + s, dx : dx + s]
+    sigma = (0.3 + 0.9 * torch.rand(b, generator=g)) * (s / 64) * (torch.rand(b, generator=g) < 0.5)
+    x = gaussian_blur(x, sigma)
     c = 1 + 0.15 * (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1)
     m = 0.05 * (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1)
-    x = (x - 0.5) * c + 0.5 + m + 0.01 * torch.randn(x.shape, generator=g)
+    noise = 0.03 * torch.rand(b, 1, 1, 1, generator=g)
+    x = (x - 0.5) * c + 0.5 + m + noise * torch.randn(x.shape, generator=g)
     return x.clamp(0, 1)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Blur each image [B, 1, H, W] with its own Gaussian sigma [B] in pixels (0 = unchanged).
+
+    torchvision's gaussian_blur takes one sigma per call; this is the per-sample version as a grouped,
+    separable convolution.
+    """
+    b = x.shape[0]
+    radius = max(1, int(torch.ceil(3 * sigma.max()).item())) if len(sigma) else 1
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype).clamp(min=1e-3) ** 2))
+    k = k / k.sum(1, keepdim=True)
+    y = x.transpose(0, 1)  # [1, B, H, W]: one group per image
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=b)
+    return y.transpose(0, 1)
 
 
 def evaluate_auc(model: PhantomClassifier, images: Tensor, labels: Tensor, batch_size: int = 256) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medsd.errors import MedsdError
 from medsd.train.conditioning import cast, set_trainable
 from medsd.train.methods import Method
 
@@ -54,7 +55,11 @@ class Autoencoder(Method):
         self.weight_dtype = weight_dtype
         if self.cfg.init == "scratch":
             device = next(c.vae.parameters()).device
-            c.vae = AutoencoderKL.from_config(c.vae.config).to(device)
+            config = {**c.vae.config, "latent_channels": self.cfg.latent_channels or c.vae.config.latent_channels}
+            c.vae = AutoencoderKL.from_config(config).to(device)
+        elif self.cfg.latent_channels not in (None, c.vae.config.latent_channels):
+            raise MedsdError(f"method.latent_channels={self.cfg.latent_channels} needs init: scratch (the model's VAE "
+                             f"has {c.vae.config.latent_channels})")
         for module in (c.unet, c.text_encoder):
             set_trainable(module, False, weight_dtype)
         set_trainable(c.vae, True, weight_dtype)

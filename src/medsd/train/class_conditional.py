@@ -120,8 +120,15 @@ class ClassConditional(Method):
         device = next(c.unet.parameters()).device
         if cfg.vae:
             c.vae = load_vae(cfg.vae).to(device)
+        channels = c.vae.config.latent_channels
         if cfg.init == "scratch":
-            c.unet = UNet2DConditionModel.from_config(c.unet.config).to(device)
+            # The U-Net works in this VAE's latent space, whatever the base model's had (Medfusion: 8 channels).
+            config = {**c.unet.config, "in_channels": channels, "out_channels": channels}
+            c.unet = UNet2DConditionModel.from_config(config).to(device)
+        elif c.unet.config.in_channels != channels:
+            raise MedsdError(f"method.init=pretrained: the model's U-Net takes {c.unet.config.in_channels} latent "
+                             f"channels but the VAE {cfg.vae} makes {channels}; use init: scratch or a VAE with "
+                             f"{c.unet.config.in_channels}")
         set_trainable(c.vae, False, weight_dtype)
         # Labels, not text, condition this model: the text encoder is never used.
         c.text_encoder.requires_grad_(False)

@@ -41,6 +41,7 @@ from medsd.train.setup import (
     make_lr_scheduler,
     make_optimizer,
     oom_advice,
+    refit_lr_schedule,
     text_cache,
     training_data,
 )
@@ -100,6 +101,7 @@ class Run:
     max_steps: int
     weight_dtype: torch.dtype
     writer: Any = None
+    fitted_steps: int | None = None  # max_steps after fitting the schedule to max_minutes (None: not fitted)
 
     @property
     def out(self) -> Path:
@@ -219,6 +221,9 @@ def _resume(run: Run, resume: str | None) -> tuple[int, int, int]:
     if run.ema is not None:
         run.ema.to(run.accelerator.device)
     step, epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+    tc = run.cfg.training
+    if state.get("fitted_max_steps") and tc.max_minutes and tc.fit_schedule_to_time:
+        _set_length(run, min(int(state["fitted_max_steps"]), run.max_steps))
     return (step, epoch + 1, 0) if skip >= len(run.loader) else (step, epoch, skip)
 
 
@@ -231,6 +236,7 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
     progress = tqdm(total=run.max_steps, initial=result.step, desc="train",
                     disable=not accelerator.is_local_main_process)
     step_loss, started, first_step = 0.0, time.perf_counter(), result.step
+    clock: dict[int, float] = {}  # step -> time it finished, until the schedule is fitted to the time budget
     try:
         while result.step < run.max_steps:
             run.sampler.use_epoch(epoch)
@@ -259,17 +265,53 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
                 result.losses[result.step] = step_loss
                 step_loss = 0.0
                 rate = run.images_per_step * (result.step - first_step) / max(time.perf_counter() - started, 1e-9)
+                _fit_to_time(run, result.step, first_step, started, clock, time.perf_counter())
+                progress.total = run.max_steps
                 if _out_of_time(tc, started, accelerator):
                     log.info("training.max_minutes=%s reached: stopping at step %d", tc.max_minutes, result.step)
                     run.max_steps = progress.total = result.step
                 _after_step(run, result.step, result.losses[result.step], rate, progress, callbacks,
-                            {"epoch": epoch, "batches_in_epoch": batches})
+                            {"epoch": epoch, "batches_in_epoch": batches, "fitted_max_steps": run.fitted_steps})
                 if result.step >= run.max_steps:
                     break
             else:
                 epoch += 1
     finally:
         progress.close()
+
+
+def _fit_to_time(run: Run, step: int, first_step: int, started: float, clock: dict[int, float], now: float) -> None:
+    """Once 5% of `max_minutes` has passed, lower max_steps to what the measured rate fits in the rest of it.
+
+    The rate excludes the first step (model warm-up). Until the fit, every process reports each step whether
+    it is ready and what fits (one small gather, so no process waits on a collective the others skip); all
+    then take the smallest fit, so they agree on the schedule.
+    """
+    tc, accelerator = run.cfg.training, run.accelerator
+    if not tc.max_minutes or not tc.fit_schedule_to_time or run.fitted_steps is not None:
+        return
+    clock[step] = now
+    budget, elapsed = tc.max_minutes * 60, now - started
+    ready = step - first_step >= 3 and elapsed >= 0.05 * budget
+    fits = run.max_steps
+    if ready:
+        rate = (step - first_step - 1) / (now - clock[first_step + 1])
+        fits = min(step + int(0.98 * rate * (budget - elapsed)), run.max_steps)
+    votes = accelerator.gather(torch.tensor([[int(ready), fits]], device=accelerator.device)).reshape(-1, 2)
+    if not votes[:, 0].any():
+        return
+    fits = max(int(votes[votes[:, 0] > 0, 1].min()), step)
+    if fits < run.max_steps:
+        log.info("training.max_minutes=%s: %d steps fit in the budget; the LR schedule now ends there (was %d)",
+                 tc.max_minutes, fits, run.max_steps)
+    _set_length(run, fits)
+    clock.clear()
+
+
+def _set_length(run: Run, max_steps: int) -> None:
+    """Train for `max_steps` in all, the LR schedule spanning exactly that."""
+    run.fitted_steps = run.max_steps = max_steps
+    refit_lr_schedule(run.lr_scheduler, run.cfg.training, max_steps, run.accelerator.num_processes)
 
 
 def _out_of_time(tc: TrainingConfig, started: float, accelerator: Any) -> bool:

@@ -113,6 +113,11 @@ class AutoencoderMethod(StrictModel):
     init: Literal["pretrained", "scratch"] = Field(
         "pretrained", description="Fine-tune the model's VAE or start from random weights of the same shape."
     )
+    latent_channels: int | None = Field(
+        None, ge=1,
+        description="With init: scratch, the new VAE's latent channels (Medfusion uses 8; SD 4); None: the model's. "
+        "More channels keep more detail at the same spatial compression.",
+    )
     reconstruction: Literal["l1", "mse"] = Field("l1", description="Pixel reconstruction loss.")
     kl_weight: float = Field(1e-6, ge=0, description="Weight of the KL term (LDM uses 1e-6).")
     ssim_weight: float = Field(0.0, ge=0, description="Weight of a (1 - SSIM) term: sharper structure, slower.")

@@ -91,6 +91,8 @@ def make_optimizer(method: Method, tc: TrainingConfig, accelerator: Any) -> torc
         except ImportError as err:
             raise MedsdError("training.use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`") from err
         return bnb.optim.AdamW8bit(groups, lr=lr, **kwargs)
+    if tc.fused_optimizer and accelerator.device.type in ("cpu", "cuda"):
+        kwargs["fused"] = True
     return torch.optim.AdamW(groups, lr=lr, **kwargs)
 
 
@@ -100,6 +102,14 @@ def make_lr_scheduler(tc: TrainingConfig, optimizer: Any, max_steps: int, proces
     # accelerate steps a prepared scheduler once per process per optimizer step, hence the factor.
     return get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.lr_warmup_steps * processes,
                          num_training_steps=max_steps * processes)
+
+
+def refit_lr_schedule(lr_scheduler: Any, tc: TrainingConfig, max_steps: int, processes: int) -> None:
+    """Make a running schedule span `max_steps` instead (same kind, warm-up and position): the time budget's fit."""
+    # diffusers builds a LambdaLR whose lambdas close over the length; build the new ones on a stand-in optimizer.
+    inner = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps the torch scheduler
+    groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in inner.optimizer.param_groups]
+    inner.lr_lambdas = make_lr_scheduler(tc, torch.optim.SGD(groups, lr=1.0), max_steps, processes).lr_lambdas
 
 
 def make_ema(method: Method, tc: TrainingConfig, accelerator: Any) -> Any:
