@@ -1,11 +1,15 @@
 """Training throughput per method, with and without the latent / text-embedding caches.
 
     python benchmarks/bench_train.py [--steps 12] [--warmup 3] [--batch 8] [--resolution 64] [--methods M ...]
+        [--data synthetic|phantom]
 
 Methods: lora and full (cached and on the fly), textual_inversion, dreambooth, text_encoder_swap and
 class_conditional (cached), autoencoder (pixels: it trains the VAE a cache would hold).
 
-Builds the demo-size tiny model (`build_tiny_model(size="demo")`) and a synthetic 64 px labelled image set.
+Builds the demo-size tiny model (`build_tiny_model(size="demo")`) and the training images: `synthetic`
+(default) holds 64 px discs and bars in memory, so "on the fly" costs only the VAE and text encoders; `phantom`
+renders phantom radiographs (256 px, 16-bit PNG) to disk and reads them through the data layer
+(`build_dataset`: decode, crop to content, resize, pad) as a real run without the latent cache does.
 1. Whole runs: each (method, caching) combination trains with `train()` in a fresh process (so peak memory
    is per combination: CPU max RSS, CUDA max allocated); images/s of the fastest step after warm-up (other
    processes on a shared machine only ever add time) and of the median step.
@@ -74,6 +78,18 @@ class Synthetic:
                 "path": f"synthetic/{i}.png", "index": i}
 
 
+def make_dataset(args: argparse.Namespace) -> object:
+    """The training images of `--data`: in memory (synthetic) or phantom PNGs read by the data layer."""
+    if args.data == "synthetic":
+        return Synthetic(args.batch * args.steps, args.resolution)
+    from medsd.data.config import DataConfig
+    from medsd.data.dataset import build_dataset
+
+    cfg = DataConfig(source="phantom", root=str(Path(args.work) / "phantom"), resolution=args.resolution,
+                     split_fractions=[1.0, 0.0, 0.0])
+    return build_dataset(cfg, split="train")
+
+
 def run_one(args: argparse.Namespace) -> dict:
     """Train one combination in this process and return its measurements."""
     import torch
@@ -94,7 +110,7 @@ def run_one(args: argparse.Namespace) -> dict:
     })
     stamps: dict[int, float] = {}
     started = time.perf_counter()
-    dataset = Synthetic(args.batch * args.steps, args.resolution)
+    dataset = make_dataset(args)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train(cfg, dataset, callbacks=[lambda step, loss: stamps.__setitem__(step, time.perf_counter())])
@@ -134,7 +150,7 @@ def paired(args: argparse.Namespace) -> dict:
                      "cache_dir": str(work / "cache"), "mixed_precision": args.precision},
         "method": {"name": args.method, **METHOD_SETTINGS.get(args.method, {})},
     })
-    dataset = Synthetic(args.batch * args.steps, args.resolution)
+    dataset = make_dataset(args)
     run, _ = _prepare(cfg, dataset)
     raw = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
     sources = {"cached": (run.loader, run.encode_text), "on-the-fly": (raw, None)}
@@ -219,6 +235,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--data", default="synthetic", choices=["synthetic", "phantom"],
+                        help="training images: in memory, or phantom PNGs on disk read by the data layer")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -245,6 +263,10 @@ def main() -> None:
         from medsd.models import build_tiny_model
 
         build_tiny_model(work / "model", size="demo")
+    if args.data == "phantom" and not (work / "phantom" / "train.csv").is_file():
+        from medsd.data.phantom import write_phantom_dataset
+
+        write_phantom_dataset(work / "phantom", n=args.batch * args.steps, size=256, bit_depth=16)
     rows = []
     chosen = [(m, c) for m, c in COMBOS if args.methods is None or m in args.methods]
     jobs = [(m, "cached" if c else "on-the-fly") for m, c in chosen]
@@ -253,7 +275,7 @@ def main() -> None:
     for method, mode in jobs:
         cmd = [sys.executable, __file__, "--one", method, mode, "--work", str(work), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--batch", str(args.batch), "--resolution", str(args.resolution),
-               "--device", args.device, "--precision", args.precision]
+               "--device", args.device, "--precision", args.precision, "--data", args.data]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
@@ -265,7 +287,7 @@ def main() -> None:
     parts = rows.pop()
     pairs = [r for r in rows if "speedup" in r]
     rows = [r for r in rows if "speedup" not in r]
-    print(f"\nTraining throughput, demo-size tiny model, {args.resolution} px, batch {args.batch}, "
+    print(f"\nTraining throughput, demo-size tiny model, {args.data} images, {args.resolution} px, batch {args.batch}, "
           f"{args.steps - args.warmup} timed steps after {args.warmup} warm-up, precision {args.precision}, "
           f"{args.threads or 'default'} CPU thread(s) per process\n")
     print("Whole runs (`train()`, one process each): images/s of the fastest and the median step, peak memory.\n")

@@ -32,7 +32,7 @@ def test_time_budget_must_be_positive(recipe, tiny_model_dir, tmp_path) -> None:
 
 
 def test_schedule_is_fitted_to_the_budget(tiny_model_dir, shapes, shared_cache, tmp_path, recipe) -> None:
-    """After 5% of max_minutes the measured rate sets max_steps, and the LR schedule then ends there."""
+    """At 5%, 25%, 50%, 75% of max_minutes the measured rate sets max_steps; the LR schedule ends there."""
     from medsd.train.loop import _fit_to_time, _prepare
 
     cfg = recipe(tiny_model_dir, tmp_path / "run", max_steps=1000, max_minutes=1.0, lr_scheduler="cosine",
@@ -46,9 +46,15 @@ def test_schedule_is_fitted_to_the_budget(tiny_model_dir, shapes, shared_cache, 
     assert run.max_steps == run.fitted_steps == 114
     lr = run.lr_scheduler.scheduler.lr_lambdas[0]
     assert lr(0) == 1.0 and abs(lr(57) - 0.5) < 0.02 and lr(114) == 0.0
-    # Fitted once: later steps leave it alone.
-    _fit_to_time(run, 4, 0, 0.0, clock, 100.0)
+    # Not again before 25% of the budget (15 s) ...
+    _fit_to_time(run, 20, 0, 0.0, clock, 12.0)
     assert run.max_steps == 114
+    # ... where a slower rate since step 1 (29 steps in 18 s) shortens it: 30 + int(0.98 * 29 / 18 * 40) = 93.
+    _fit_to_time(run, 30, 0, 0.0, clock, 20.0)
+    assert run.max_steps == 93 and run.lr_scheduler.scheduler.lr_lambdas[0](93) == 0.0
+    # Never past the recipe's max_steps, however fast it gets (699 steps in 28 s: 700 + 734 > 1000).
+    _fit_to_time(run, 700, 0, 0.0, clock, 30.0 + 1e-9)
+    assert run.max_steps == 1000
 
 
 def test_fitted_length_is_saved_and_resumed(tiny_model_dir, shapes, shared_cache, tmp_path, recipe) -> None:

@@ -30,9 +30,9 @@ class TrainingConfig(StrictModel):
     )
     fit_schedule_to_time: bool = Field(
         True,
-        description="With max_minutes: once 5% of the budget has passed, measure the step rate and lower max_steps "
-        "to what fits, so the LR schedule (cosine, linear, ...) runs to its end on time instead of being cut off. "
-        "A resumed run keeps the fitted length.",
+        description="With max_minutes: at 5%, 25%, 50% and 75% of the budget, measure the step rate and set "
+        "max_steps (at most the recipe's) to what fits, so the LR schedule (cosine, linear, ...) runs to its end "
+        "on time instead of being cut off. A resumed run keeps the fitted length.",
     )
     batch_size: int = Field(8, ge=1, description="Images per device per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")

@@ -236,7 +236,8 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
     progress = tqdm(total=run.max_steps, initial=result.step, desc="train",
                     disable=not accelerator.is_local_main_process)
     step_loss, started, first_step = 0.0, time.perf_counter(), result.step
-    clock: dict[int, float] = {}  # step -> time it finished, until the schedule is fitted to the time budget
+    # Fitting the schedule to max_minutes: when step first_step + 1 ended, fits done (a resumed run keeps its own).
+    clock: dict[str, float] = {"resumed": 1.0} if run.fitted_steps is not None else {}
     try:
         while result.step < run.max_steps:
             run.sampler.use_epoch(epoch)
@@ -280,32 +281,38 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
         progress.close()
 
 
-def _fit_to_time(run: Run, step: int, first_step: int, started: float, clock: dict[int, float], now: float) -> None:
-    """Once 5% of `max_minutes` has passed, lower max_steps to what the measured rate fits in the rest of it.
+FIT_AT = (0.05, 0.25, 0.5, 0.75)  # fractions of max_minutes at which the schedule is (re)fitted to the time left
 
-    The rate excludes the first step (model warm-up). Until the fit, every process reports each step whether
-    it is ready and what fits (one small gather, so no process waits on a collective the others skip); all
-    then take the smallest fit, so they agree on the schedule.
+
+def _fit_to_time(run: Run, step: int, first_step: int, started: float, clock: dict[str, float], now: float) -> None:
+    """At 5%, 25%, 50% and 75% of `max_minutes`, set max_steps to what the measured rate fits in the rest.
+
+    The rate excludes the first step (model warm-up) and includes checkpoints and validation; refitting
+    corrects the first estimate when the machine gets busier or quieter. max_steps never exceeds the recipe's.
+    Each process reports every step whether it has reached the next fraction and what fits (one small gather,
+    so no process waits on a collective the others skip); all take the smallest fit, so they agree.
     """
     tc, accelerator = run.cfg.training, run.accelerator
-    if not tc.max_minutes or not tc.fit_schedule_to_time or run.fitted_steps is not None:
+    done = int(clock.get("fits", 0))
+    if not tc.max_minutes or not tc.fit_schedule_to_time or done >= len(FIT_AT) or "resumed" in clock:
         return
-    clock[step] = now
+    if step == first_step + 1:
+        clock["t1"] = now
     budget, elapsed = tc.max_minutes * 60, now - started
-    ready = step - first_step >= 3 and elapsed >= 0.05 * budget
-    fits = run.max_steps
+    ready = step - first_step >= 3 and elapsed >= FIT_AT[done] * budget
+    fits = int(clock.setdefault("planned", run.max_steps))
     if ready:
-        rate = (step - first_step - 1) / (now - clock[first_step + 1])
-        fits = min(step + int(0.98 * rate * (budget - elapsed)), run.max_steps)
+        rate = (step - first_step - 1) / (now - clock["t1"])
+        fits = min(step + int(0.98 * rate * (budget - elapsed)), fits)
     votes = accelerator.gather(torch.tensor([[int(ready), fits]], device=accelerator.device)).reshape(-1, 2)
     if not votes[:, 0].any():
         return
     fits = max(int(votes[votes[:, 0] > 0, 1].min()), step)
-    if fits < run.max_steps:
+    clock["fits"] = done + 1
+    if fits != run.max_steps:
         log.info("training.max_minutes=%s: %d steps fit in the budget; the LR schedule now ends there (was %d)",
                  tc.max_minutes, fits, run.max_steps)
-    _set_length(run, fits)
-    clock.clear()
+        _set_length(run, fits)
 
 
 def _set_length(run: Run, max_steps: int) -> None:
