@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medsd.cli import GROUPS, main
+from medsd.cli import GROUPS, build_parser, main
 
 
 def test_top_level_help_lists_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,3 +52,12 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.Cap
 def test_group_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model"]) == 2
     assert "tiny" in capsys.readouterr().out
+
+
+def test_global_quiet_survives_a_stage_with_its_own_quiet() -> None:
+    """`medsd -q generate ...` stays quiet; `generate --quiet` hides the progress bar, not the log."""
+    parser = build_parser()
+    args = parser.parse_args(["-q", "generate", "--model", "m", "--prompt", "p"])
+    assert args.quiet and not args.no_progress
+    args = parser.parse_args(["generate", "--model", "m", "--prompt", "p", "--quiet"])
+    assert not args.quiet and args.no_progress

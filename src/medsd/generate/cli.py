@@ -79,7 +79,8 @@ def _sampling_args(parser: argparse.ArgumentParser, out_default: str, size: bool
         parser.add_argument("--height", type=int, help="pixels (default: the model's native size)")
         parser.add_argument("--width", type=int, help="pixels (default: the model's native size)")
     parser.add_argument("--out", default=out_default, help="output folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Its own dest: sharing `quiet` with the global -q would let this default reset `medsd -q generate`.
+    parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
 
 
 def _common(args: argparse.Namespace) -> dict:
@@ -91,7 +92,7 @@ def _common(args: argparse.Namespace) -> dict:
         "lora": args.lora, "lora_scale": args.lora_scale, "embeddings": args.embeddings, "device": args.device,
         "dtype": args.dtype, "negative_prompt": args.negative_prompt, "steps": args.steps,
         "guidance": args.guidance, "scheduler": args.scheduler, "seed": args.seed, "batch_size": args.batch_size,
-        "out_dir": args.out, "progress": not args.quiet,
+        "out_dir": args.out, "progress": not args.no_progress,
     }
 
 
