@@ -78,6 +78,14 @@ class Synthetic:
                 "path": f"synthetic/{i}.png", "index": i}
 
 
+def method_settings(args: argparse.Namespace) -> dict:
+    """The `method:` section; on phantom data the class-conditional labels come from the data set."""
+    settings = {"name": args.method, **METHOD_SETTINGS.get(args.method, {})}
+    if args.data == "phantom":
+        settings.pop("labels", None)
+    return settings
+
+
 def make_dataset(args: argparse.Namespace) -> object:
     """The training images of `--data`: in memory (synthetic) or phantom PNGs read by the data layer."""
     if args.data == "synthetic":
@@ -106,7 +114,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "training": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": 1e-4,
                      "cache_latents": cached, "cache_text_embeddings": cached, "cache_dir": str(work / "cache"),
                      "checkpointing_steps": 10_000, "mixed_precision": args.precision},
-        "method": {"name": args.method, **METHOD_SETTINGS.get(args.method, {})},
+        "method": method_settings(args),
     })
     stamps: dict[int, float] = {}
     started = time.perf_counter()
@@ -148,7 +156,7 @@ def paired(args: argparse.Namespace) -> dict:
         "data": {"source": "phantom", "resolution": args.resolution},
         "training": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": 1e-4,
                      "cache_dir": str(work / "cache"), "mixed_precision": args.precision},
-        "method": {"name": args.method, **METHOD_SETTINGS.get(args.method, {})},
+        "method": method_settings(args),
     })
     dataset = make_dataset(args)
     run, _ = _prepare(cfg, dataset)
