@@ -76,8 +76,8 @@ class DemoPlan:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Options of `medsd demo`."""
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--minutes", type=float, default=18.0,
-                        help="total time budget in minutes; more gives better images (default: 18)")
+    parser.add_argument("--minutes", type=float, default=22.0,
+                        help="total time budget in minutes; more gives better images (default: 22)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, every stage in about a minute (tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and sampling")
     parser.set_defaults(func=run)
