@@ -78,12 +78,25 @@ class Synthetic:
                 "path": f"synthetic/{i}.png", "index": i}
 
 
-def method_settings(args: argparse.Namespace) -> dict:
-    """The `method:` section; on phantom data the class-conditional labels come from the data set."""
-    settings = {"name": args.method, **METHOD_SETTINGS.get(args.method, {})}
+def bench_config(args: argparse.Namespace, run_name: str, **training: object) -> object:
+    """The recipe of one measured run (`training` adds to the shared settings).
+
+    On phantom data the class-conditional labels come from the data set, not from METHOD_SETTINGS.
+    """
+    from medsd.config import RunConfig
+
+    work = Path(args.work)
+    method = {"name": args.method, **METHOD_SETTINGS.get(args.method, {})}
     if args.data == "phantom":
-        settings.pop("labels", None)
-    return settings
+        method.pop("labels", None)
+    return RunConfig.model_validate({
+        "output_dir": str(work / f"{args.method}-{run_name}"), "seed": 0,
+        "model": {"pretrained": str(work / "model"), "device": args.device},
+        "data": {"source": "phantom", "resolution": args.resolution},
+        "training": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": 1e-4,
+                     "cache_dir": str(work / "cache"), "mixed_precision": args.precision, **training},
+        "method": method,
+    })
 
 
 def make_dataset(args: argparse.Namespace) -> object:
@@ -102,20 +115,10 @@ def run_one(args: argparse.Namespace) -> dict:
     """Train one combination in this process and return its measurements."""
     import torch
 
-    from medsd.config import RunConfig
     from medsd.train.loop import train
 
     cached = args.mode == "cached"
-    work = Path(args.work)
-    cfg = RunConfig.model_validate({
-        "output_dir": str(work / f"{args.method}-{args.mode}"), "seed": 0,
-        "model": {"pretrained": str(work / "model"), "device": args.device},
-        "data": {"source": "phantom", "resolution": args.resolution},
-        "training": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": 1e-4,
-                     "cache_latents": cached, "cache_text_embeddings": cached, "cache_dir": str(work / "cache"),
-                     "checkpointing_steps": 10_000, "mixed_precision": args.precision},
-        "method": method_settings(args),
-    })
+    cfg = bench_config(args, args.mode, cache_latents=cached, cache_text_embeddings=cached, checkpointing_steps=10_000)
     stamps: dict[int, float] = {}
     started = time.perf_counter()
     dataset = make_dataset(args)
@@ -145,19 +148,10 @@ def paired(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from medsd.config import RunConfig
     from medsd.train.loop import _prepare
     from medsd.train.step import diffusion_loss
 
-    work = Path(args.work)
-    cfg = RunConfig.model_validate({
-        "output_dir": str(work / f"{args.method}-paired"), "seed": 0,
-        "model": {"pretrained": str(work / "model"), "device": args.device},
-        "data": {"source": "phantom", "resolution": args.resolution},
-        "training": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": 1e-4,
-                     "cache_dir": str(work / "cache"), "mixed_precision": args.precision},
-        "method": method_settings(args),
-    })
+    cfg = bench_config(args, "paired")
     dataset = make_dataset(args)
     run, _ = _prepare(cfg, dataset)
     raw = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
