@@ -33,27 +33,27 @@ def test_time_budget_must_be_positive(recipe, tiny_model_dir, tmp_path) -> None:
 
 def test_schedule_is_fitted_to_the_budget(tiny_model_dir, shapes, shared_cache, tmp_path, recipe) -> None:
     """At 5%, 25%, 50%, 75% of max_minutes the measured rate sets max_steps; the LR schedule ends there."""
-    from medsd.train.loop import _fit_to_time, _prepare
+    from medsd.train.loop import _fit_to_time, _prepare, _ScheduleFit
 
     cfg = recipe(tiny_model_dir, tmp_path / "run", max_steps=1000, max_minutes=1.0, lr_scheduler="cosine",
                  cache_dir=str(shared_cache))
     run, _ = _prepare(cfg, shapes)
-    clock: dict[int, float] = {}
+    fit = _ScheduleFit(planned=run.max_steps, first_step=0, started=0.0)
     # Steps finish every 0.5 s after a 2 s first step; 5% of the 60 s budget has passed at step 3 (3.0 s).
     for step in range(1, 4):
-        _fit_to_time(run, step, 0, 0.0, clock, 1.5 + 0.5 * step)
+        _fit_to_time(run, fit, step, 1.5 + 0.5 * step)
     # Rate 2 steps/s over steps 2-3; 57 s remain: 3 + int(0.98 * 2 * 57) = 114 steps.
     assert run.max_steps == run.fitted_steps == 114
     lr = run.lr_scheduler.scheduler.lr_lambdas[0]
     assert lr(0) == 1.0 and abs(lr(57) - 0.5) < 0.02 and lr(114) == 0.0
     # Not again before 25% of the budget (15 s) ...
-    _fit_to_time(run, 20, 0, 0.0, clock, 12.0)
+    _fit_to_time(run, fit, 20, 12.0)
     assert run.max_steps == 114
     # ... where a slower rate since step 1 (29 steps in 18 s) shortens it: 30 + int(0.98 * 29 / 18 * 40) = 93.
-    _fit_to_time(run, 30, 0, 0.0, clock, 20.0)
+    _fit_to_time(run, fit, 30, 20.0)
     assert run.max_steps == 93 and run.lr_scheduler.scheduler.lr_lambdas[0](93) == 0.0
     # Never past the recipe's max_steps, however fast it gets (699 steps in 28 s: 700 + 734 > 1000).
-    _fit_to_time(run, 700, 0, 0.0, clock, 30.0 + 1e-9)
+    _fit_to_time(run, fit, 700, 30.0 + 1e-9)
     assert run.max_steps == 1000
 
 

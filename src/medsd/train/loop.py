@@ -236,8 +236,8 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
     progress = tqdm(total=run.max_steps, initial=result.step, desc="train",
                     disable=not accelerator.is_local_main_process)
     step_loss, started, first_step = 0.0, time.perf_counter(), result.step
-    # Fitting the schedule to max_minutes: when step first_step + 1 ended, fits done (a resumed run keeps its own).
-    clock: dict[str, float] = {"resumed": 1.0} if run.fitted_steps is not None else {}
+    # A resumed run keeps the length fitted before; a fresh one fits its schedule to max_minutes as it goes.
+    fit = _ScheduleFit(run.max_steps, first_step, started, done=len(FIT_AT) if run.fitted_steps is not None else 0)
     try:
         while result.step < run.max_steps:
             run.sampler.use_epoch(epoch)
@@ -266,7 +266,7 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
                 result.losses[result.step] = step_loss
                 step_loss = 0.0
                 rate = run.images_per_step * (result.step - first_step) / max(time.perf_counter() - started, 1e-9)
-                _fit_to_time(run, result.step, first_step, started, clock, time.perf_counter())
+                _fit_to_time(run, fit, result.step, time.perf_counter())
                 progress.total = run.max_steps
                 if _out_of_time(tc, started, accelerator):
                     log.info("training.max_minutes=%s reached: stopping at step %d", tc.max_minutes, result.step)
@@ -284,7 +284,18 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
 FIT_AT = (0.05, 0.25, 0.5, 0.75)  # fractions of max_minutes at which the schedule is (re)fitted to the time left
 
 
-def _fit_to_time(run: Run, step: int, first_step: int, started: float, clock: dict[str, float], now: float) -> None:
+@dataclass
+class _ScheduleFit:
+    """Where fitting the LR schedule to `max_minutes` stands in this invocation of the loop."""
+
+    planned: int  # the recipe's max_steps: a fit never goes above it
+    first_step: int  # the step this invocation started from
+    started: float  # perf_counter() when it started
+    done: int = 0  # fits made so far (len(FIT_AT) = no more)
+    warm: float | None = None  # perf_counter() when step first_step + 1 (the warm-up step) ended
+
+
+def _fit_to_time(run: Run, fit: _ScheduleFit, step: int, now: float) -> None:
     """At 5%, 25%, 50% and 75% of `max_minutes`, set max_steps to what the measured rate fits in the rest.
 
     The rate excludes the first step (model warm-up) and includes checkpoints and validation; refitting
@@ -293,22 +304,21 @@ def _fit_to_time(run: Run, step: int, first_step: int, started: float, clock: di
     so no process waits on a collective the others skip); all take the smallest fit, so they agree.
     """
     tc, accelerator = run.cfg.training, run.accelerator
-    done = int(clock.get("fits", 0))
-    if not tc.max_minutes or not tc.fit_schedule_to_time or done >= len(FIT_AT) or "resumed" in clock:
+    if not tc.max_minutes or not tc.fit_schedule_to_time or fit.done >= len(FIT_AT):
         return
-    if step == first_step + 1:
-        clock["t1"] = now
-    budget, elapsed = tc.max_minutes * 60, now - started
-    ready = step - first_step >= 3 and elapsed >= FIT_AT[done] * budget
-    fits = int(clock.setdefault("planned", run.max_steps))
+    if step == fit.first_step + 1:
+        fit.warm = now
+    budget, elapsed = tc.max_minutes * 60, now - fit.started
+    ready = step - fit.first_step >= 3 and elapsed >= FIT_AT[fit.done] * budget
+    fits = fit.planned
     if ready:
-        rate = (step - first_step - 1) / (now - clock["t1"])
-        fits = min(step + int(0.98 * rate * (budget - elapsed)), fits)
+        rate = (step - fit.first_step - 1) / (now - fit.warm)
+        fits = min(step + int(0.98 * rate * (budget - elapsed)), fit.planned)
     votes = accelerator.gather(torch.tensor([[int(ready), fits]], device=accelerator.device)).reshape(-1, 2)
     if not votes[:, 0].any():
         return
     fits = max(int(votes[votes[:, 0] > 0, 1].min()), step)
-    clock["fits"] = done + 1
+    fit.done += 1
     if fits != run.max_steps:
         log.info("training.max_minutes=%s: %d steps fit in the budget; the LR schedule now ends there (was %d)",
                  tc.max_minutes, fits, run.max_steps)
