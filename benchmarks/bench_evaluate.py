@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from medsd.data.phantom_classifier import PhantomClassifier
 from medsd.evaluate import features as feats
 from medsd.evaluate.diversity import ms_ssim_diversity
 from medsd.evaluate.fid import compare_features
 from medsd.evaluate.privacy import memorization
+from medsd.phantom.judge import PhantomClassifier
 
 
 def timed(fn) -> tuple[float, object]:

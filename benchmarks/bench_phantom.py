@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from medsd.data import phantom as P
-from medsd.data import phantom_ct as pct
+from medsd.phantom import ct as pct
+from medsd.phantom import render as P
 
 
 def _cpu_seconds() -> float:
@@ -57,7 +57,7 @@ def main() -> None:
         )
         if args.classifier_n <= 0:
             return
-        from medsd.data.phantom_classifier import train_reference_classifier
+        from medsd.phantom.judge import train_reference_classifier
 
         data = tmp_path / "clf_data"
         P.write_phantom_dataset(

@@ -266,7 +266,7 @@ def main() -> None:
 
         build_tiny_model(work / "model", size="demo")
     if args.data == "phantom" and not (work / "phantom" / "train.csv").is_file():
-        from medsd.data.phantom import write_phantom_dataset
+        from medsd.phantom.render import write_phantom_dataset
 
         write_phantom_dataset(work / "phantom", n=args.batch * args.steps, size=256, bit_depth=16)
     rows = []

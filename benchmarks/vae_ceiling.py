@@ -27,8 +27,8 @@ def main() -> None:
 
     from diffusers import AutoencoderKL
 
-    from medsd.data.phantom_classifier import gaussian_blur, load_reference_classifier
     from medsd.evaluate.io import labels_for, load_image_folder
+    from medsd.phantom.judge import gaussian_blur, load_reference_classifier
 
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
     classifier = load_reference_classifier(args.classifier).eval()

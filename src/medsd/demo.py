@@ -129,7 +129,7 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
 
 
 def _render_phantoms(root: Path, plan: DemoPlan, seed: int) -> dict[str, Path]:
-    from medsd.data.phantom import write_phantom_dataset
+    from medsd.phantom.render import write_phantom_dataset
 
     # Held-out images come from other virtual patients (another seed), so they test generalisation.
     sets = {"train": (plan.n_train, seed), "heldout": (plan.n_heldout, seed + 1000)}
@@ -144,7 +144,7 @@ def _render_phantoms(root: Path, plan: DemoPlan, seed: int) -> dict[str, Path]:
 
 
 def _train_classifier(data: Path, out: Path, plan: DemoPlan, seed: int) -> dict[str, Any]:
-    from medsd.data.phantom_classifier import train_reference_classifier
+    from medsd.phantom.judge import train_reference_classifier
 
     metrics_file = out / "metrics.json"
     if metrics_file.is_file() and (out / "model.safetensors").is_file():

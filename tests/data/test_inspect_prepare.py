@@ -131,7 +131,6 @@ def test_prepare_parallel_matches_serial(small_chexpert, tmp_path):
 
 
 def test_cli_inspect_and_prepare(small_chexpert, tmp_path, capsys):
-    pytest.importorskip("medsd.data.phantom_cli")
     from medsd.cli import main
 
     root, csv = small_chexpert

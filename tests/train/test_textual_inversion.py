@@ -90,7 +90,7 @@ def test_too_many_vectors_warns_and_taken_token_fails(tiny_model_dir, caplog):
 
 def test_phantom_placeholder_prompts_drive_the_tokens(tiny_model_dir, tmp_path, recipe):
     """Data layer -> method: `placeholder_tokens` prompts on the phantom name exactly the tokens that train."""
-    from medsd.data.phantom import write_phantom_dataset
+    from medsd.phantom.render import write_phantom_dataset
 
     root = tmp_path / "phantom"
     write_phantom_dataset(root, n=24, size=32, workers=1, progress=False)

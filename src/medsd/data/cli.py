@@ -1,4 +1,4 @@
-"""`medsd data ...` subcommands: phantom (see phantom_cli), inspect, prepare."""
+"""`medsd data ...` subcommands: phantom (see medsd.phantom.cli), inspect, prepare."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from medsd.config_base import add_set_option, load_yaml_section
-from medsd.data import phantom_cli
 from medsd.data.config import DataConfig
+from medsd.phantom import cli as phantom_cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

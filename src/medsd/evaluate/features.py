@@ -87,7 +87,7 @@ def load_phantom_classifier(path: str | Path):
             f"phantom classifier folder {path} has no model.safetensors; pass --phantom-classifier DIR "
             "pointing at the reference classifier written by `medsd data phantom`"
         )
-    from medsd.data.phantom_classifier import load_reference_classifier
+    from medsd.phantom.judge import load_reference_classifier
 
     return load_reference_classifier(path).eval()
 

