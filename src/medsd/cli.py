@@ -27,6 +27,7 @@ GROUPS: dict[str, str] = {
     "evaluate": "Measure synthetic images: FID/KID/PRDC, diversity, faithfulness, augmentation AUC, "
     "memorization, report.",
     "demo": "Run the whole pipeline offline on the phantom with a tiny model (the README's main job).",
+    "ui": "Serve a web page for generating and inspecting images (needs the ui extra: gradio).",
 }
 
 # Where each stage's CLI lives: (module, function) — "register" adds subcommands to a group,
@@ -38,6 +39,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("medsd.generate.cli", "configure"),
     "evaluate": ("medsd.evaluate.cli", "register"),
     "demo": ("medsd.demo", "configure"),
+    "ui": ("medsd.ui.cli", "configure"),
 }
 
 
