@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medsd.generate.metadata import read_png_metadata
@@ -79,23 +80,26 @@ def test_draw_a_mask_and_inpaint(page, ui_server: dict, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     source = tmp_path / "source.png"
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(source)
+    _set_number(page, "num-images", 2)
+    _set_number(page, "steps", 8)
     page.get_by_role("tab", name="Inpaint").click()
+    page.locator('#editor button[aria-label="Upload"]').wait_for()
     for _ in range(4):  # the editor may not listen yet right after the tab opens; upload again until it shows
         page.locator("#editor input[type=file]").set_input_files(str(source))
         try:
-            page.locator('#editor button[aria-label="Brush Size"]').wait_for(timeout=8000)
+            page.locator('#editor button[aria-label="Brush Size"]').wait_for(timeout=10_000)
             break
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: try the upload again
             continue
+    else:
+        pytest.fail("the image editor never showed the uploaded image")
+    page.fill("#inpaint-prompt textarea", "A chest X-ray with pleural effusion")
     box = page.locator("#editor canvas").first.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 50, y)
     page.mouse.down()
-    page.mouse.move(x + 50, y, steps=10)
+    page.mouse.move(x + 50, y, steps=4)
     page.mouse.up()
-    page.fill("#inpaint-prompt textarea", "A chest X-ray with pleural effusion")
-    _set_number(page, "num-images", 2)
-    _set_number(page, "steps", 8)
     page.click("#inpaint")
     page.wait_for_function("document.querySelectorAll('#inp-gallery img').length === 2")
 

@@ -39,7 +39,8 @@ def build_app(service: GenerationService, title: str = "medsd") -> gr.Blocks:
     actions = H.bind_actions(service)
     start, end = H.interpolation_ends(first)
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    # gradio keeps a copy of every file it serves; drop copies older than a day, checking hourly.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown(f"## medsd: generate and inspect synthetic medical images\n{NOTICE}")
         choice = gr.State(default_choice)
         with gr.Row():

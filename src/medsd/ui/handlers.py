@@ -61,9 +61,9 @@ def model_help(entry: ModelEntry) -> str:
     if entry.conditioning == "labels":
         labels = ", ".join(entry.labels) or "its own labels"
         return (f"**{entry.name}** is class-conditional: a prompt is finding names ({labels}, or `no finding`), "
-                "comma-separated for combinations; composable: `0.5*Cardiomegaly AND 0.5*Pleural Effusion`.")
+                "comma-separated for combinations; composable: `0.5*Cardiomegaly AND 0.5*Pleural Effusion`")
     return (f"**{entry.name}** ({entry.kind}) reads text: report text or label prompts such as "
-            "`A chest X-ray with cardiomegaly`; composable: `0.5*A chest X-ray with edema AND 0.5*...`.")
+            "`A chest X-ray with cardiomegaly`; composable: `0.5*A chest X-ray with edema AND 0.5*...`")
 
 
 def interpolation_ends(entry: ModelEntry) -> tuple[str, str]:

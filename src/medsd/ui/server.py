@@ -1,8 +1,9 @@
 """Serving the page: offline, on localhost unless asked otherwise, optionally behind a password.
 
-Offline means nothing leaves the machine: gradio's analytics and version check are off, no share link, no
-server-side rendering (it would need Node), no PWA manifest, no run history (it can sync to the Hub), and the
-default theme's fonts are gradio's bundled files, not a font CDN.
+Offline means the page itself reaches nothing outside the machine: gradio's analytics and version check are
+off, no share link, no server-side rendering (it would need Node), no PWA manifest, no run history (it can
+sync to the Hub), and the default theme's fonts are gradio's bundled files, not a font CDN. (Loading a model
+by Hugging Face id still follows the usual HF_HUB_OFFLINE setting, as `medsd generate` does.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ OFFLINE_ENV = {
     "GRADIO_SSR_MODE": "False",
     "GRADIO_MCP_SERVER": "False",
     "GRADIO_RUN_HISTORY": "False",
-    "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
 }
