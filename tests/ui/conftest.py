@@ -88,6 +88,8 @@ def ui_root(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def ui_server(tiny_model_dir: Path, ui_root: Path, judge_dir: Path,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`medsd ui` as a user starts it, on a free port; yields its URL and output folder."""
+    if _STARTUP_FAILURE:  # pytest retries a failed session fixture for every test; one wait is enough
+        pytest.fail(_STARTUP_FAILURE[0])
     out = tmp_path_factory.mktemp("ui_out")
     port = free_port()
     log = out.parent / "server.log"
@@ -99,7 +101,8 @@ def ui_server(tiny_model_dir: Path, ui_root: Path, judge_dir: Path,
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_until_serving(process, url, log, timeout=180)
+        # Seconds on an idle machine; the limit is for a machine shared with other heavy jobs.
+        _wait_until_serving(process, url, log, timeout=420)
         yield {"url": url, "out": out, "log": log, "port": port}
     finally:
         process.terminate()
@@ -115,14 +118,22 @@ def _wait_until_serving(process: subprocess.Popen, url: str, log: Path, timeout:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"`medsd ui` exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            _startup_failed(f"`medsd ui` exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"`medsd ui` did not serve {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    _startup_failed(f"`medsd ui` did not serve {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+_STARTUP_FAILURE: list[str] = []
+
+
+def _startup_failed(message: str) -> None:
+    _STARTUP_FAILURE.append(message)
+    pytest.fail(message)
 
 
 @pytest.fixture(scope="session")

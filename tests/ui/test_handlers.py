@@ -59,3 +59,20 @@ def test_the_slider_picks_the_nearest_frame(tmp_path: Path) -> None:
     assert H.frame_at(frames, 0.3)[0].endswith("frame_1.png")
     assert H.frame_at(frames, 0.9)[1] == {"Edema": 1.0}
     assert H.frame_at(None, 0.5) == (None, None, None)
+
+
+def test_changing_the_model_changes_what_a_prompt_looks_like() -> None:
+    import functools
+
+    catalog = Catalog(models=[ModelEntry("/m/cc", "runs/cc/model", kind="class_conditional",
+                                         labels=("Edema", "Cardiomegaly"), size=64),
+                              ModelEntry("/m/base", "models/base", size=512)])
+    on_change = H.page_errors(functools.partial(H.on_model_change, catalog))
+    help_text, start, end, editor = on_change("runs/cc/model")
+    assert "class-conditional" in help_text and "Edema, Cardiomegaly" in help_text
+    assert (start, end) == ("no finding", "Edema")
+    assert editor.brush.default_size == 4  # 1/16 of 64 px
+    help_text, start, end, editor = on_change("models/base")
+    assert start == "A chest X-ray with no finding" and editor.brush.default_size == 32
+    with pytest.raises(gr.Error, match="not offered"):
+        on_change("elsewhere")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from medsd.generate.schedulers import scheduler_names
 from medsd.ui import handlers as H
-from medsd.ui.catalog import Catalog
+from medsd.ui.catalog import Catalog, ModelEntry
 from medsd.ui.service import Choice, GenerationService
 
 DEFAULT_STEPS = 25
@@ -108,7 +108,7 @@ def build_app(service: GenerationService, title: str = "medsd") -> gr.Blocks:
     return app
 
 
-def _sidebar(catalog: Catalog, first) -> dict:
+def _sidebar(catalog: Catalog, first: ModelEntry) -> dict:
     out = {}
     out["model"] = gr.Dropdown(catalog.model_names, value=first.name, label="Model", elem_id="model")
     out["help"] = gr.Markdown(H.model_help(first))
@@ -146,7 +146,7 @@ def _results(prefix: str, image_label: str = "Selected image") -> dict:
     return out
 
 
-def _generate_tab(first) -> dict:
+def _generate_tab(first: ModelEntry) -> dict:
     example = "Cardiomegaly" if first.conditioning == "labels" else "A chest X-ray with cardiomegaly"
     out = {"batch": gr.State(None)}
     out["prompt"] = gr.Textbox(label="Prompt: report text, label prompt, or composable 'w*A AND w*B'", lines=2,
@@ -174,7 +174,7 @@ def _interpolate_tab(start: str, end: str) -> dict:
     return out
 
 
-def _inpaint_tab(first) -> dict:
+def _inpaint_tab(first: ModelEntry) -> dict:
     out = {"batch": gr.State(None)}
     gr.Markdown("Upload an image (or send a generated one here) and paint over the region to regenerate.")
     out["editor"] = gr.ImageEditor(

@@ -36,7 +36,7 @@ def page_errors(fn: Callable) -> Callable:
         except MedsdError as err:
             raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - the page shows one line; the log keeps the traceback
-            log.exception("web interface: %s failed", fn.__name__)
+            log.exception("web interface: %s failed", getattr(fn, "__name__", fn))
             message = f"{type(err).__name__}: {str(err)[:300]} (the server log has the details)"
             raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
 
