@@ -130,3 +130,30 @@ def test_incomplete_or_packed_files_are_clear_errors(tmp_path):
     (tmp_path / "camelyonpatch_level_2_split_train_x.h5.gz").unlink()
     with pytest.raises(MedsdError, match=r"shape \(N, 96, 96, 3\)"):
         patch_table(tmp_path)
+
+
+def test_end_to_end_inspect_prepare_train_generate_evaluate(pcam_root, tmp_path, tiny_model_dir,
+                                                             train_generate_report):
+    from medsd.data.inspect import inspect_dataset
+    from medsd.data.prepare import prepare_cache
+
+    root, labels = pcam_root
+    data = {"source": "pcam", "root": str(root), "resolution": 32, "split": "train", "n_per_class": 3,
+            "cache_dir": str(tmp_path / "cache"), "workers": 1,
+            "prompt": {"template": "{labels}", "placeholder_tokens": True, "no_finding": "<normal>"}}
+    cfg = DataConfig.model_validate(data)
+    report = inspect_dataset(cfg, tmp_path / "inspect")
+    assert report["size"] == 6 and report["label_counts"]["Metastasis"]["positive"] == 3  # 3 per class
+    assert report["image_shape"] == [3, 32, 32] and set(report["sample_prompts"]) == {"<metastasis>", "<normal>"}
+    prepared = prepare_cache(cfg, workers=1)
+    assert prepared["samples"] == 6 and prepared["skipped"] == 0  # 3 per class, drawn from every split
+    made = train_generate_report(data, tiny_model_dir, tmp_path, ["<metastasis>", "<normal>"], None)
+    assert made["real"]["written"] == 6 and made["trained"].step == 2
+    assert made["trained"].latent_cache is not None
+    metrics = made["metrics"]
+    assert metrics["sets"]["channels"] == 3 and list(metrics["channels"]["per_channel"]) == ["R", "G", "B"]
+    exported = pd.read_csv(tmp_path / "real" / "labels.csv")
+    assert exported["Metastasis"].sum() == 3
+    assert (exported["prompt"] == exported["Metastasis"].map({1.0: "<metastasis>", 0.0: "<normal>"})).all()
+    with Image.open(tmp_path / "real" / exported["Path"][0]) as img:
+        assert img.mode == "RGB" and img.size == (32, 32)

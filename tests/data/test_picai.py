@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 
 from medsd.data.config import DataConfig
 from medsd.data.dataset import build_dataset
@@ -209,8 +210,6 @@ def test_channels_are_registered_by_physical_geometry(picai_tree):
         rods = rod_centroids(channel, points, centre)
         assert np.allclose(rods, centre[:2] + RODS, atol=0.6), (scan, rods)  # 0.6 mm: about one pixel
     # packing the scans by slice index and resizing them in pixel space (the old csv-source way) misplaces them
-    from PIL import Image
-
     t2w_geometry = picai_tree["geometry"]["t2w"]
     t2w_points = voxel_points(**t2w_geometry)[t2w_geometry["size"][2] // 2]
     adc_volume = sitk.GetArrayFromImage(sitk.ReadImage(str(picai_tree["images"] / "10001" / "10001_1000001_adc.mha")))
@@ -287,3 +286,45 @@ def test_data_config_builds_a_dataset(picai_tree):
     assert item["patient_id"] == "10001" and ds.pathologies == ["csPCa"]
     with pytest.raises(ValueError):
         DataConfig(source="picai", picai={"spacing_mm": (0.0, 1.0, 1.0)})
+
+
+def test_end_to_end_inspect_prepare_train_generate_evaluate(tmp_path, tiny_model_dir, train_generate_report):
+    """Eight studies of six patients, small volumes and a small box: every stage a user runs, in order."""
+    from medsd.data.inspect import inspect_dataset
+    from medsd.data.prepare import prepare_cache
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(8):
+        patient, study = f"{10010 + min(k, 5)}", f"{1000010 + k}"  # patient 10015 has three studies
+        positive = k % 2 == 0
+        write_study(images, labels, patient, study, rng.uniform(-20, 20, 3), tumour=positive, scale=0.5)
+        rows.append({"patient_id": patient, "study_id": study, "case_csPCa": "YES" if positive else "NO"})
+    (labels / "clinical_information").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(labels / "clinical_information" / "marksheet.csv", index=False)
+    data = {"source": "picai", "root": str(images), "resolution": 32, "channels": 3, "split": "train",
+            "cache_dir": str(tmp_path / "cache"), "workers": 1,
+            "picai": {"spacing_mm": (3.0, 1.0, 1.0), "box_mm": (45.0, 64.0, 64.0)},
+            "prompt": {"template": "{labels}", "placeholder_tokens": True, "no_finding": "<benign>"}}
+    cfg = DataConfig.model_validate(data)
+
+    report = inspect_dataset(cfg.model_copy(update={"split": "all"}), tmp_path / "inspect", check_all=True)
+    assert report["size"] == 8 and report["patients"] == 6 and report["unreadable"] == []
+    assert report["label_counts"]["csPCa"]["positive"] == 4 and report["image_shape"] == [3, 32, 32]
+    assert set(report["sample_prompts"]) == {"<cspca>", "<benign>"}
+
+    prepared = prepare_cache(cfg, workers=1)
+    assert prepared["samples"] == 8 and prepared["skipped"] == 0
+    cache = np.load(tmp_path / "cache" / "images.npy")
+    assert cache.shape == (8, 3, 32, 32) and (cache[:, 0] != cache[:, 1]).mean() > 0.5  # three different scans
+
+    made = train_generate_report(data, tiny_model_dir, tmp_path, ["<cspca>", "<benign>"], ["T2W", "ADC", "DWI"])
+    assert made["real"]["written"] == 8 and made["trained"].step == 2
+    assert made["trained"].latent_cache is not None
+    exported = pd.read_csv(tmp_path / "real" / "labels.csv")
+    assert exported["csPCa"].sum() == 4 and Image.open(tmp_path / "real" / exported["Path"][0]).mode == "RGB"
+    metrics = made["metrics"]
+    assert metrics["sets"]["n_real"] == 8 and metrics["sets"]["n_generated"] == 4 and metrics["sets"]["channels"] == 3
+    assert list(metrics["channels"]["per_channel"]) == ["T2W", "ADC", "DWI"]
+    assert set(metrics["diversity"]["per_prompt"]) == {"<cspca>", "<benign>"}
