@@ -157,3 +157,20 @@ def test_end_to_end_inspect_prepare_train_generate_evaluate(pcam_root, tmp_path,
     assert (exported["prompt"] == exported["Metastasis"].map({1.0: "<metastasis>", 0.0: "<normal>"})).all()
     with Image.open(tmp_path / "real" / exported["Path"][0]) as img:
         assert img.mode == "RGB" and img.size == (32, 32)
+
+
+def test_shipped_recipes_are_the_papers():
+    from medsd.config import load_run_config
+    from medsd.config_base import load_yaml_section
+    from medsd.data.prompts import build_prompt
+    from medsd.evaluate.augment import AugmentConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cfg = load_run_config(configs / "pcam_textual_inversion.yaml")
+    assert (cfg.data.source, cfg.method.name, cfg.method.num_vectors, cfg.data.n_per_class) == (
+        "pcam", "textual_inversion", 64, 100)
+    prompts = [build_prompt({"Metastasis": v}, cfg.data.prompt) for v in (1.0, 0.0)]
+    assert prompts == cfg.method.tokens == ["<metastasis>", "<normal>"]
+    augment = load_yaml_section(configs / "pcam_augment.yaml", "augment", AugmentConfig)
+    assert (augment.real_count, augment.synthetic_counts, augment.selection) == (200, [2000], "best_val")
+    assert augment.hflip and augment.vflip

@@ -328,3 +328,21 @@ def test_end_to_end_inspect_prepare_train_generate_evaluate(tmp_path, tiny_model
     assert metrics["sets"]["n_real"] == 8 and metrics["sets"]["n_generated"] == 4 and metrics["sets"]["channels"] == 3
     assert list(metrics["channels"]["per_channel"]) == ["T2W", "ADC", "DWI"]
     assert set(metrics["diversity"]["per_prompt"]) == {"<cspca>", "<benign>"}
+
+
+def test_shipped_recipes_are_the_papers():
+    from medsd.config import load_run_config
+    from medsd.config_base import load_yaml_section
+    from medsd.data.prompts import build_prompt
+    from medsd.evaluate.augment import AugmentConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cfg = load_run_config(configs / "picai_textual_inversion.yaml")
+    assert (cfg.data.source, cfg.method.name, cfg.method.num_vectors, cfg.data.n_per_class) == (
+        "picai", "textual_inversion", 64, 100)
+    assert cfg.data.picai.spacing_mm == (3.0, 0.5, 0.5) and cfg.data.picai.box_mm == (90.0, 150.0, 150.0)
+    prompts = [build_prompt({"csPCa": v}, cfg.data.prompt) for v in (1.0, 0.0)]
+    assert prompts == cfg.method.tokens == ["<cspca>", "<benign>"]  # each class's prompt is its token
+    augment = load_yaml_section(configs / "picai_augment.yaml", "augment", AugmentConfig)
+    assert (augment.real_count, augment.synthetic_counts, augment.ratios) == (200, [2000], [0.0, 0.1, 0.25, 0.5])
+    assert augment.selection == "best_val" and augment.arch == "resnet18" and augment.weights is not None
