@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LABEL = "csPCa"
-LESION_FILES = ("{patient}_{study}.nii.gz", "{patient}_{study}.nii", "{patient}_{study}.mha")
+MASK_FILES = ("{patient}_{study}.nii.gz", "{patient}_{study}.nii", "{patient}_{study}.mha")
 
 
 class PicaiConfig(StrictModel):
@@ -127,7 +127,7 @@ def read_marksheet(path: Path) -> dict[tuple[str, str], tuple[float, float]]:
 
 def _first_files(folders: list[Path], patient: str, study: str) -> list[Path]:
     """Every existing mask of a study across `folders`, in folder order."""
-    names = [n.format(patient=patient, study=study) for n in LESION_FILES]
+    names = [n.format(patient=patient, study=study) for n in MASK_FILES]
     return [folder / n for folder in folders for n in names if (folder / n).is_file()]
 
 

@@ -137,15 +137,15 @@ class ChannelDropout(torch.nn.Module):
 
 
 def augmenter(config: AugmentConfig) -> v2.Compose:
-    """Per-image augmentation of ``[C, H, W]`` images in [0, 1], in the order: flips, affine, intensity, noise,
-    channel dropout."""
-    steps: list = []
+    """Per-image augmentation of ``[C, H, W]`` images in [0, 1], in the order: affine (rotation, translation,
+    scaling), flips, intensity, noise, channel dropout. Off settings add no step and draw no random numbers."""
+    scale = None if tuple(config.scale) == (1.0, 1.0) else config.scale
+    steps: list = [v2.RandomAffine(degrees=config.rotate_degrees, translate=(config.translate, config.translate),
+                                   scale=scale)]
     if config.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if config.vflip:
         steps.append(v2.RandomVerticalFlip())
-    steps.append(v2.RandomAffine(degrees=config.rotate_degrees, translate=(config.translate, config.translate),
-                                 scale=config.scale))
     if config.intensity:
         steps.append(v2.ColorJitter(brightness=config.intensity, contrast=config.intensity))
     if config.noise_std:
