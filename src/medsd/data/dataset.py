@@ -261,9 +261,8 @@ def select(cfg: DataConfig, split: str) -> MedicalImageDataset:
             frame = frame[sampling.positive_count(frame, labels) > 0]
         steps.append(("single_label_only" if cfg.single_label_only else "include_no_finding=False", len(frame)))
     if split != "all":  # a source's own split (PCam's files) beats the patient-level hash split
-        assigned = frame["split"] if "split" in frame.columns else None
-        if assigned is None:
-            assigned = sampling.split_of(frame["patient_id"], cfg.seed, cfg.split_fractions)
+        own = "split" in frame.columns
+        assigned = frame["split"] if own else sampling.split_of(frame["patient_id"], cfg.seed, cfg.split_fractions)
         frame = frame[assigned == split]
         steps.append((f"split={split}", len(frame)))
     if cfg.n_per_class is not None or cfg.balance != "none":

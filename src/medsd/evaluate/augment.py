@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 from sklearn.metrics import roc_auc_score
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -85,7 +85,7 @@ class AugmentConfig(StrictModel):
     vflip: bool = Field(False, description="random vertical flips")
     rotate_degrees: float = Field(10.0, ge=0, description="random rotation range (degrees)")
     translate: float = Field(0.05, ge=0, le=0.5, description="random shift as a share of the image side")
-    scale: tuple[float, float] = Field((1.0, 1.0), description="random zoom range, e.g. [0.9, 1.1]")
+    scale: tuple[PositiveFloat, PositiveFloat] = Field((1.0, 1.0), description="random zoom range, e.g. [0.9, 1.1]")
     intensity: float = Field(0.0, ge=0, lt=1, description="random brightness and contrast change, ± this share")
     noise_std: float = Field(0.0, ge=0, description="std of added Gaussian noise (images in [0, 1])")
     channel_dropout: float = Field(
