@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medsd.errors import MedsdError
+from medsd.files import read_csv, read_text
 
 CHEXPERT_FINDINGS = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -80,7 +81,7 @@ def combinations_from_csv(
     path = Path(path)
     if not path.is_file():
         raise MedsdError(f"--labels-from {str(path)!r} not found; pass a CSV with finding columns such as Cardiomegaly")
-    frame = pd.read_csv(path)
+    frame = read_csv(path, "--labels-from CSV")
     findings = [c for c in candidates if c in frame.columns]
     if not findings:
         raise MedsdError(f"{path} has none of the finding columns {', '.join(candidates[:6])}, ...")
@@ -147,11 +148,9 @@ def read_prompts_file(path: str | Path) -> tuple[list[str], list[dict[str, int]]
     the results. Returns (prompts, labels per prompt or None, finding columns).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MedsdError(f"--prompts file {str(path)!r} not found")
     labels, findings = None, []
     if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path)
+        frame = read_csv(path, "--prompts file")
         if "prompt" not in frame.columns:
             raise MedsdError(f"{path} has no 'prompt' column (columns: {', '.join(map(str, frame.columns))})")
         frame = frame[frame["prompt"].notna()]
@@ -161,7 +160,8 @@ def read_prompts_file(path: str | Path) -> tuple[list[str], list[dict[str, int]]
             values = frame[findings].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0
             labels = [{f: int(v) for f, v in zip(findings, row, strict=True)} for row in values]
     else:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        text = read_text(path, "--prompts file", "pass a .txt (one prompt per line) or a .csv with a 'prompt' column")
+        lines = [line.strip() for line in text.splitlines()]
         prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise MedsdError(f"--prompts file {path} contains no prompts")
