@@ -35,7 +35,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or (str(err).splitlines() or ["syntax error"])[0]
         raise MedsdError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         raise MedsdError(
@@ -158,6 +158,8 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "")
             allowed = _allowed_keys(err, problem)
             if allowed:
                 msg += f"; allowed keys here: {', '.join(allowed)}"
+        elif kind == "value_error":  # a validator's own sentence already names the values
+            msg = str(problem.get("ctx", {}).get("error", problem["msg"]))
         else:
             msg = problem["msg"]
             if kind != "missing":

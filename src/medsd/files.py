@@ -32,8 +32,7 @@ def read_text(path: str | Path, what: str, hint: str = "") -> str:
         raw = path.read_bytes()
     except OSError as err:
         raise MedsdError(describe_os_error(err, what) or f"cannot read {what} {path}: {err}") from None
-    if b"\x00" in raw[:8192]:
-        raise MedsdError(f"{what} {path} is a binary file, not text; {hint or 'pass the text file meant here'}")
+    _refuse_non_text(path, raw[:8192], what, hint)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -42,11 +41,22 @@ def read_text(path: str | Path, what: str, hint: str = "") -> str:
         ) from None
 
 
+def _refuse_non_text(path: Path, head: bytes, what: str, hint: str = "") -> None:
+    """UTF-16 (a byte-order mark) and binary files (NUL bytes) are named before decoding fails obscurely."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise MedsdError(f"{what} {path} is UTF-16 text; re-save it as UTF-8 (`iconv -f utf-16 -t utf-8 IN > OUT`)")
+    if b"\x00" in head:
+        raise MedsdError(f"{what} {path} is a binary file, not text; {hint or 'pass the text file meant here'}")
+
+
 def read_csv(path: str | Path, what: str, **kwargs: Any) -> Any:
     """A pandas frame from a user's CSV (any pandas options); encoding, emptiness and syntax errors are named."""
     import pandas as pd
 
     path = _existing_file(path, what)
+    if not path.name.lower().endswith((".gz", ".bz2", ".zip", ".xz", ".zst")):
+        with open(path, "rb") as handle:
+            _refuse_non_text(path, handle.read(8192), what, "pass the CSV file itself")
     try:
         return pd.read_csv(path, encoding="utf-8-sig", **kwargs)
     except UnicodeDecodeError as err:

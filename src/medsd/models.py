@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 
 from medsd.config_base import StrictModel
 from medsd.errors import MedsdError
-from medsd.weights import SAFE_COPY, WHY_REFUSED, error_detail, pickled_model_parts
+from medsd.weights import SAFE_COPY, WHY_REFUSED, check_model_weights, error_detail, pickled_model_parts
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def _check_local(source: str) -> None:
     path = Path(source).expanduser()
     if (source.startswith((".", "/", "~")) or path.exists()) and not (path / "model_index.json").is_file():
         raise _load_error(source, FileNotFoundError(f"{path / 'model_index.json'} not found"))
+    if path.is_dir():
+        check_model_weights(path)
 
 
 def load_components(

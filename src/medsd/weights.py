@@ -79,6 +79,14 @@ def refuse_pickled_model(folder: str | Path) -> None:
         raise MedsdError(f"model folder {folder} stores {names} as pickle: {WHY_REFUSED}; {SAFE_COPY}")
 
 
+def check_model_weights(folder: str | Path) -> None:
+    """Every safetensors file of a model folder (its parts one level down) is complete: a truncated U-Net is
+    named as such, not reported as a folder diffusers cannot load."""
+    folder = Path(folder)
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*/*.safetensors")]):
+        check_safetensors(path, "model weight file")
+
+
 def looks_pickled(path: Path) -> bool:
     """A pickle (protocol 2+ starts with 0x80) or torch zip archive renamed to .safetensors (asked only once
     the file failed to parse as safetensors, whose 8-byte header length may also start with 0x80)."""

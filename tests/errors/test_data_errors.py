@@ -54,11 +54,11 @@ CASES = [
     ("split-fraction-negative", lambda k: inspect(k, data_recipe(k, split_fractions=[1.0, -0.5, 0.5])),
      ("split_fractions",)),
     ("split-with-zero-share", lambda k: inspect(k, data_recipe(k, split="val", split_fractions=[1, 0, 0])),
-     ("data.split", "'val'", "0")),
+     ("data: split is 'val'", "split_fractions")),
     ("window-nan", lambda k: inspect(k, k.recipe("data:\n  window: [.nan, 400]\n")), ("data.window",)),
     ("csv-latin1", lambda k: inspect(k, data_recipe(k, csv=csv_file(k, "Path,Cardiomegaly\nbüro.png,1\n".encode(
         "latin-1")))), ("broken.csv", "not utf-8")),
-    ("csv-binary", lambda k: inspect(k, data_recipe(k, csv=csv_file(k, png_bytes()))), ("broken.csv",)),
+    ("csv-binary", lambda k: inspect(k, data_recipe(k, csv=csv_file(k, png_bytes()))), ("broken.csv", "binary")),
     ("csv-empty", lambda k: inspect(k, data_recipe(k, csv=csv_file(k, ""))), ("broken.csv", "empty")),
     ("csv-missing", lambda k: inspect(k, data_recipe(k, csv="nope.csv")), ("nope.csv", "does not exist")),
     ("csv-without-path-column", lambda k: inspect(k, data_recipe(k, csv=csv_file(k, "file,Cardiomegaly\na.png,1\n"))),

@@ -18,6 +18,14 @@ def fid(k, real: str, generated: str, *extra: str) -> list[str]:
     return ["evaluate", "fid", "--real", real, "--generated", generated, "--size", "32", *extra]
 
 
+def classifier_with_truncated_weights(k) -> str:
+    from medsd.phantom.judge import ARCH
+
+    k.file("clf/config.json", json.dumps({"arch": ARCH, "findings": ["Cardiomegaly"], "input_size": 32, "width": 8}))
+    k.truncated_safetensors("clf/model.safetensors")
+    return k.path("clf")
+
+
 CASES = [
     ("real-missing", lambda k: fid(k, k.path("none"), k.images), ("none", "does not exist")),
     ("generated-empty-folder", lambda k: diversity(k, k.file("empty/.keep", "") and k.path("empty")),
@@ -38,9 +46,13 @@ CASES = [
     ("phantom-classifier-missing", lambda k: ["evaluate", "faithfulness", "--generated", k.images,
                                               "--phantom-classifier", k.path("clf")], ("clf",)),
     ("phantom-classifier-truncated", lambda k: ["evaluate", "faithfulness", "--generated", k.images,
-                                                "--phantom-classifier", k.truncated_safetensors("clf/model.safetensors")
-                                                and k.file("clf/config.json", json.dumps({"arch": "x"})) and
-                                                k.path("clf")], ("clf",)),
+                                                "--phantom-classifier", classifier_with_truncated_weights(k)],
+     ("clf/model.safetensors", "truncated")),
+    ("phantom-classifier-foreign-config", lambda k: ["evaluate", "faithfulness", "--generated", k.images,
+                                                     "--phantom-classifier", k.truncated_safetensors(
+                                                         "clf/model.safetensors") and k.file(
+                                                         "clf/config.json", json.dumps({"arch": "resnet"})) and
+                                                     k.path("clf")], ("clf/config.json", "resnet")),
     ("inception-weights-pickle", lambda k: fid(k, k.images, k.images, "--space", "inception", "--inception-weights",
                                                k.pickle_file("pt_inception.pth")), ("pt_inception.pth", WHY_REFUSED)),
     ("inception-weights-garbage", lambda k: fid(k, k.images, k.images, "--space", "inception", "--inception-weights",

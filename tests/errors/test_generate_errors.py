@@ -14,10 +14,23 @@ def prompt(k, *extra: str, **kw) -> list[str]:
     return gen(k, "--prompt", "a chest x-ray", *extra, **kw)
 
 
+def truncated_unet(k) -> str:
+    """A copy of the tiny model whose U-Net weights were cut off mid-copy."""
+    import shutil
+
+    folder = k.dir / "model"
+    shutil.copytree(k.shared.model, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return str(folder)
+
+
 CASES = [
     ("no-model", lambda k: ["generate", "--prompt", "a chest x-ray"], ("--model",)),
     ("model-folder-missing", lambda k: prompt(k, model=k.path("no-model")), ("no-model", "does not exist")),
-    ("model-is-a-file", lambda k: prompt(k, model=k.file("model.txt", "x")), ("model.txt",)),
+    ("model-is-a-file", lambda k: prompt(k, model=k.file("model.txt", "x")), ("model.txt", "is a file")),
+    ("model-with-truncated-unet", lambda k: prompt(k, model=truncated_unet(k)),
+     ("unet/diffusion_pytorch_model.safetensors", "truncated")),
     ("model-with-pickled-text-encoder", lambda k: prompt(k, model=str(k.shared.pickled_model)),
      ("text_encoder/pytorch_model.bin", "pickle", "refused", "safetensors")),
     ("model-index-garbage", lambda k: prompt(k, model=k.file("m/model_index.json", "{not json") and k.path("m")),

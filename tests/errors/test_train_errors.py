@@ -16,7 +16,7 @@ def good(k, **sections) -> str:
 CASES = [
     ("recipe-missing", lambda k: train(k, k.path("nope.yaml")), ("nope.yaml", "does not exist")),
     ("recipe-binary", lambda k: train(k, k.recipe(bytes(range(256)) * 4)), ("binary",)),
-    ("recipe-utf16", lambda k: train(k, k.recipe("output_dir: runs/x\n".encode("utf-16"))), ("recipe.yaml",)),
+    ("recipe-utf16", lambda k: train(k, k.recipe("output_dir: runs/x\n".encode("utf-16"))), ("utf-16", "utf-8")),
     ("recipe-cp1252", lambda k: train(k, k.recipe("output_dir: résumé\n".encode("cp1252"))), ("not utf-8",)),
     ("recipe-empty", lambda k: train(k, k.recipe("")), ("empty",)),
     ("recipe-tab-indented", lambda k: train(k, k.recipe("training:\n\tmax_steps: 3\n")), ("not valid yaml",)),

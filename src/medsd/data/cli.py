@@ -89,4 +89,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in report.items() if k not in ("skipped_files", "pathologies")}, indent=2))
     for path, reason in report["skipped_files"][:20]:
         print(f"skipped {path}: {reason}")
+    if report["samples"] and report["skipped"] == report["samples"]:
+        path, reason = report["skipped_files"][0]
+        raise MedsdError(f"none of the {report['samples']} images could be read (first: {path}: {reason}); check "
+                         f"data.root ({cfg.root}) and the paths in the CSV")
     return 0

@@ -146,10 +146,10 @@ class DataConfig(StrictModel):
         fractions = self.split_fractions
         if any(f < 0 for f in fractions) or sum(fractions) <= 0:
             raise ValueError(
-                f"data.split_fractions {list(fractions)} must be train/val/test shares >= 0 with a positive sum, "
+                f"split_fractions {list(fractions)} must be train/val/test shares >= 0 with a positive sum, "
                 "e.g. [0.8, 0.1, 0.1]"
             )
         chosen = {"train": 0, "val": 1, "test": 2}.get(self.split)
         if chosen is not None and fractions[chosen] == 0:
-            raise ValueError(f"data.split is {self.split!r} but its share in data.split_fractions is 0")
+            raise ValueError(f"split is {self.split!r} but its share in split_fractions is 0")
         return self

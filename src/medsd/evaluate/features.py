@@ -84,7 +84,7 @@ def load_phantom_classifier(path: str | Path):
     if not (path / "model.safetensors").is_file():
         raise MedsdError(
             f"phantom classifier folder {path} has no model.safetensors; pass --phantom-classifier DIR "
-            "pointing at the reference classifier written by `medsd data phantom`"
+            "pointing at the reference classifier written by `medsd data phantom-classifier`"
         )
     from medsd.phantom.judge import load_reference_classifier
 

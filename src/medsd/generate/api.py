@@ -86,8 +86,8 @@ def generate(
         texts, labels, label_columns = J.read_prompts_file(prompts_file)
     elif not all_labels:
         texts = _as_list(prompts)
-    elif labels_from is not None and not Path(labels_from).is_file():
-        raise MedsdError(f"--labels-from {str(labels_from)!r} not found; pass a CSV with finding columns")
+    elif labels_from is not None:
+        label_table = J.read_label_csv(labels_from)  # read before the model: a bad file costs no loading
     terms = {text: parse_prompt(text) for text in dict.fromkeys(texts)}  # bad weights fail before loading
     output_dir(out_dir, "--out")
 
@@ -105,7 +105,7 @@ def generate(
         # A class-conditional model knows only its own labels; a text model gets the CheXpert findings.
         findings = list(model.labels) if model.labels else list(J.CHEXPERT_FINDINGS)
         if labels_from is not None:
-            combos, label_columns = J.combinations_from_csv(labels_from, min_count, findings)
+            combos, label_columns = J.combinations_from_csv(label_table, min_count, findings)
             if proportional:
                 num_images = J.proportional_counts(num_images, [count for _, count in combos])
         else:

@@ -69,8 +69,16 @@ def single_findings(findings: list[str] = CHEXPERT_FINDINGS) -> list[tuple[tuple
     return [((), None)] + [((name,), None) for name in findings if _key(name) not in NO_FINDING_KEYS]
 
 
+def read_label_csv(path: str | Path) -> pd.DataFrame:
+    """The `--labels-from` table (MedsdError when missing, not UTF-8 or not a CSV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsdError(f"--labels-from {str(path)!r} not found; pass a CSV with finding columns such as Cardiomegaly")
+    return read_csv(path, "--labels-from CSV")
+
+
 def combinations_from_csv(
-    path: str | Path, min_count: int = 1, candidates: list[str] = CHEXPERT_FINDINGS
+    path: str | Path | pd.DataFrame, min_count: int = 1, candidates: list[str] = CHEXPERT_FINDINGS
 ) -> tuple[list[tuple[tuple[str, ...], int]], list[str]]:
     """Label combinations present in a CheXpert-style CSV (1 positive; 0, -1 uncertain, blank not), with counts.
 
@@ -78,13 +86,10 @@ def combinations_from_csv(
     CheXpert names). Returns (combinations most frequent first, the finding columns found). Uncertain (-1)
     counts as negative (the U-zeros policy), matching how prompts are usually built for training.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MedsdError(f"--labels-from {str(path)!r} not found; pass a CSV with finding columns such as Cardiomegaly")
-    frame = read_csv(path, "--labels-from CSV")
+    frame = path if isinstance(path, pd.DataFrame) else read_label_csv(path)
     findings = [c for c in candidates if c in frame.columns]
     if not findings:
-        raise MedsdError(f"{path} has none of the finding columns {', '.join(candidates[:6])}, ...")
+        raise MedsdError(f"--labels-from CSV has none of the finding columns {', '.join(candidates[:6])}, ...")
     positive = frame[findings].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0
     counts = Counter(
         tuple(f for f, v in zip(findings, row, strict=True) if v and _key(f) not in NO_FINDING_KEYS) for row in positive

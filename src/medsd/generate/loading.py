@@ -25,7 +25,14 @@ import torch
 from medsd.errors import MedsdError
 from medsd.files import read_text
 from medsd.text_encoder_lora import TEXT_ENCODER_PREFIX, load_text_encoder_lora, text_encoder_alpha
-from medsd.weights import PICKLE_SUFFIXES, check_safetensors, error_detail, load_safetensors, pickle_refusal
+from medsd.weights import (
+    PICKLE_SUFFIXES,
+    check_model_weights,
+    check_safetensors,
+    error_detail,
+    load_safetensors,
+    pickle_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,9 @@ def load_model(
         lora_file(lora)  # a missing or damaged adapter fails before the model is loaded
     for item in embeddings:
         embeddings_file(item)
+    if path.is_file():
+        raise MedsdError(f"model {source!r} is a file; pass the model's folder (the one holding model_index.json "
+                         "or medsd_model.json)")
     if _looks_local(source) and not path.is_dir():
         raise MedsdError(
             f"model folder {source!r} does not exist; pass a diffusers folder (e.g. from `medsd model tiny --out "
@@ -136,6 +146,7 @@ def load_model(
                 f"{spec_file} declares kind {kind!r}, which has no loader here; known kinds: "
                 f"{', '.join(model_kinds()) or 'none registered'} (is the medsd version that trained it installed?)"
             )
+        check_model_weights(path)
         try:
             model = _KINDS[kind](path, spec, str(resolve_device(device)), resolve_dtype(dtype))
         except LOAD_ERRORS as err:

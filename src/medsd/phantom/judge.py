@@ -120,7 +120,7 @@ def load_reference_classifier(path: str | Path) -> PhantomClassifier:
         model.load_state_dict(load_safetensors(d / "model.safetensors", "phantom classifier weights"))
     except RuntimeError as err:
         raise MedsdError(f"phantom classifier: {d}/model.safetensors does not match its config.json "
-                         f"({str(err).splitlines()[0][:160]}); retrain the classifier") from None
+                         f"({(str(err).splitlines() or [''])[0][:160]}); retrain the classifier") from None
     return model.eval()
 
 

@@ -145,9 +145,9 @@ def train(
         if result.step > step:  # the final validation runs after the artefacts are saved: it cannot lose them
             _validate(cfg, run.method, result.step, run.out, run.writer, run.ema, run.accelerator, run.weight_dtype)
     except (MedsdError, ValueError, RuntimeError) as err:
+        detail = (str(err).splitlines() or [""])[0][:200]
         raise MedsdError(f"training finished and its artefacts are saved in {run.out}, but the final validation "
-                         f"failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); check the validation: "
-                         "settings") from err
+                         f"failed ({type(err).__name__}: {detail}); check the recipe's `validation:` section") from err
     finally:
         if run.accelerator.is_main_process:
             run.writer.close()
