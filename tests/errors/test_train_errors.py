@@ -44,6 +44,8 @@ CASES = [
     ("validation-size-not-multiple-of-8", lambda k: train(k, good(k, data={"resolution": 36}, validation={
         "prompts": ["a chest x-ray"]})), ("data.resolution", "36", "multiple of 8", "validation.resolution")),
     ("output-under-a-file", lambda k: train(k, good(k, output_dir=k.blocked("run"))), ("output_dir", "a-file")),
+    ("latent-cache-under-a-file", lambda k: train(k, good(k, training={"cache_dir": k.blocked("cache")})),
+     ("training.cache_dir", "a-file")),
     ("output-unwritable", lambda k: train(k, good(k, output_dir=k.unwritable())), ("output_dir", "not writable")),
     ("data-csv-latin1", lambda k: train(k, good(k, data={"csv": k.file("l.csv", "Path,Edema\nä.png,1\n".encode(
         "latin-1"))})), ("l.csv", "not utf-8")),

@@ -31,12 +31,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medsd.config_base import dump_yaml
 from medsd.errors import MedsdError
-from medsd.files import output_dir
 from medsd.train.cache import PromptEmbeddingCache
 from medsd.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from medsd.train.config import TrainingConfig
 from medsd.train.methods import Method
-from medsd.train.preflight import check_sizes_fit_model
+from medsd.train.preflight import check_output_folders, check_sizes_fit_model
 from medsd.train.setup import (
     build_run_method,
     make_ema,
@@ -175,7 +174,7 @@ def _prepare(cfg: Any, dataset: Dataset | None) -> tuple[Run, str | None]:
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        output_dir(out, "output_dir")
+        check_output_folders(cfg)
         dump_yaml(cfg, out / "config.yaml")
     weight_dtype = PRECISIONS[tc.mixed_precision]
     method = build_run_method(cfg, accelerator, weight_dtype)

@@ -1,4 +1,4 @@
-"""Checks that need the loaded model, made before the data is read or a step is taken.
+"""Checks of a run made before the data is read or a step is taken: folders it writes, sizes the model takes.
 
 A recipe can be valid on its own and still not fit the model: an image side the VAE cannot shrink evenly, or
 validation images of a size diffusers' pipeline refuses. Found only at the first validation, such a problem
@@ -10,9 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from medsd.errors import MedsdError
+from medsd.files import output_dir
 from medsd.train.methods import Method
 
 PIPELINE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs wants height and width divisible by 8
+
+
+def check_output_folders(cfg: Any) -> None:
+    """The run's folder, and a shared latent-cache folder when one is set, exist and are writable."""
+    output_dir(cfg.output_dir, "output_dir")
+    if cfg.training.cache_latents and cfg.training.cache_dir:
+        output_dir(cfg.training.cache_dir, "training.cache_dir")
 
 
 def _nearest_multiple(value: int, multiple: int) -> int:
