@@ -8,6 +8,8 @@ from pathlib import Path
 
 from medsd.config_base import add_set_option, load_yaml_section
 from medsd.data.config import DataConfig
+from medsd.errors import MedsdError
+from medsd.files import output_dir
 from medsd.phantom import cli as phantom_cli
 
 
@@ -60,8 +62,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Print a summary of the data set and write the report files."""
     from medsd.data.inspect import inspect_dataset
 
+    if args.samples < 0:
+        raise MedsdError(f"--samples must be 0 or more, got {args.samples}")
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path(args.config).parent / f"inspect_{cfg.source}"
+    out = output_dir(args.out or Path(args.config).parent / f"inspect_{cfg.source}", "inspect output folder")
     report = inspect_dataset(cfg, out, n_samples=args.samples, check_all=args.check_all)
     print(f"{report['source']}: {report['size']} samples, {report['patients']} patients")
     print("selection: " + " → ".join(f"{name}: {n}" for name, n in report["selection"]))
@@ -90,10 +94,17 @@ def run_prepare(args: argparse.Namespace) -> int:
     from medsd.data.prepare import prepare_cache
 
     cfg = _load(args)
-    report = prepare_cache(cfg, cache_dir=args.out, workers=args.workers)
+    if args.workers is not None and args.workers < 1:
+        raise MedsdError(f"--workers must be at least 1, got {args.workers}")
+    cache_dir = output_dir(args.out or cfg.cache_dir or "cache", "cache folder (--out or data.cache_dir)")
+    report = prepare_cache(cfg, cache_dir=cache_dir, workers=args.workers)
     print(json.dumps({k: v for k, v in report.items() if k not in ("skipped_files", "pathologies")}, indent=2))
     for path, reason in report["skipped_files"][:20]:
         print(f"skipped {path}: {reason}")
+    if report["samples"] and report["skipped"] == report["samples"]:
+        path, reason = report["skipped_files"][0]
+        raise MedsdError(f"none of the {report['samples']} images could be read (first: {path}: {reason}); check "
+                         f"data.root ({cfg.root}) and the paths in the CSV")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medsd.config_base import StrictModel
 from medsd.data.pcam import PcamConfig
@@ -147,3 +147,16 @@ class DataConfig(StrictModel):
     workers: int = Field(2, ge=1, description="Decoding processes for `medsd data prepare`.")
     picai: PicaiConfig = Field(default_factory=PicaiConfig, description="Settings of the picai source.")
     pcam: PcamConfig = Field(default_factory=PcamConfig, description="Settings of the pcam source.")
+
+    @model_validator(mode="after")
+    def _split_is_possible(self) -> DataConfig:
+        fractions = self.split_fractions
+        if any(f < 0 for f in fractions) or sum(fractions) <= 0:
+            raise ValueError(
+                f"split_fractions {list(fractions)} must be train/val/test shares >= 0 with a positive sum, "
+                "e.g. [0.8, 0.1, 0.1]"
+            )
+        chosen = {"train": 0, "val": 1, "test": 2}.get(self.split)
+        if chosen is not None and fractions[chosen] == 0:
+            raise ValueError(f"split is {self.split!r} but its share in split_fractions is 0")
+        return self

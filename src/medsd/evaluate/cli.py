@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def _checked(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Check the options every measure shares before any image is read: counts, thresholds, output paths."""
+
+    @functools.wraps(run)
+    def checked(args: argparse.Namespace) -> int:
+        from medsd.errors import MedsdError
+        from medsd.files import output_dir, output_file
+
+        for name in ("size", "limit", "n"):
+            value = getattr(args, name, None)
+            if value is not None and value < 1:
+                raise MedsdError(f"--{name} must be at least 1, got {value}")
+        for name in ("threshold", "cosine_threshold", "ssim_threshold"):
+            value = getattr(args, name, None)
+            if value is not None and not (math.isfinite(value) and -1 <= value <= 1):
+                raise MedsdError(f"--{name.replace('_', '-')} must be a number in [-1, 1], got {value}")
+        if getattr(args, "json", None) is not None:
+            output_file(args.json, "--json")
+        if getattr(args, "out", None) is not None:
+            output_dir(args.out, "--out")
+        return run(args)
+
+    return checked
 
 
 def _write_json(result: dict, path: Path | None) -> None:
@@ -123,7 +151,8 @@ def run_augment(args: argparse.Namespace) -> int:
     else:
         from medsd.config_base import apply_overrides
 
-        config = validate(AugmentConfig, apply_overrides({}, args.set).get("augment", {}), "--set")
+        config = validate(AugmentConfig, apply_overrides({}, args.set, AugmentConfig, "augment").get("augment", {}),
+                          "--set", prefix="augment")
     findings = [f.strip() for f in args.findings.split(",")]
     sets, channels = [], _channels(args)
     for path in (args.real, args.synthetic, args.test, args.val):
@@ -192,7 +221,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_sets(p)
     _add_weights(p)
     _space_option(p)
-    p.set_defaults(func=run_fid)
+    p.set_defaults(func=_checked(run_fid))
 
     p = subparsers.add_parser("diversity", help="MS-SSIM among images of the same prompt (lower = more diverse)")
     p.add_argument("--generated", type=Path, required=True, help="generated folder (generation_results.csv)")
@@ -200,7 +229,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
     p.add_argument("--json", type=Path, default=None, help="write the result here (default: print it)")
     _channels_option(p)
-    p.set_defaults(func=run_diversity)
+    p.set_defaults(func=_checked(run_diversity))
 
     p = subparsers.add_parser("faithfulness", help="classifier AUC/accuracy of generated images vs prompt labels")
     p.add_argument("--generated", type=Path, required=True, help="generated folder (or any labelled folder)")
@@ -209,7 +238,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for accuracy")
     p.add_argument("--json", type=Path, default=None, help="write the result here (default: print it)")
     _add_weights(p)
-    p.set_defaults(func=run_faithfulness)
+    p.set_defaults(func=_checked(run_faithfulness))
 
     p = subparsers.add_parser("memorization", help="near-copies of training images among generated images")
     p.add_argument("--train", type=Path, required=True, help="the training images of the generator")
@@ -221,7 +250,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _space_option(p)
     _thresholds(p)
     _channels_option(p)
-    p.set_defaults(func=run_memorization)
+    p.set_defaults(func=_checked(run_memorization))
 
     p = subparsers.add_parser("augment", help="classifier AUC trained on real, synthetic and mixed data")
     p.add_argument("--real", type=Path, required=True, help="real training images (labelled)")
@@ -236,7 +265,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use at most this many images per set")
     p.add_argument("--json", type=Path, default=None, help="write the result here (default: print it)")
     _channels_option(p)
-    p.set_defaults(func=run_augment)
+    p.set_defaults(func=_checked(run_augment))
 
     p = subparsers.add_parser("reader-study", help="blinded real-vs-synthetic kit for a radiologist, and its scorer")
     p.add_argument("--real", type=Path, default=None, help="real images")
@@ -248,7 +277,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--answers", type=Path, default=None, help="filled answer sheet to score")
     p.add_argument("--key", type=Path, default=None, help="the kit's key.csv (for scoring)")
     p.add_argument("--json", type=Path, default=None, help="write the score here (default: print it)")
-    p.set_defaults(func=run_reader_study)
+    p.set_defaults(func=_checked(run_reader_study))
 
     p = subparsers.add_parser("report", help="all measures into OUT/metrics.json and one self-contained report.html")
     _add_sets(p)
@@ -262,4 +291,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_weights(p)
     _space_option(p)
     _thresholds(p)
-    p.set_defaults(func=run_report)
+    p.set_defaults(func=_checked(run_report))

@@ -11,6 +11,7 @@ safetensors or ``torch.load(weights_only=True)`` only.
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medsd.errors import MedsdError
+from medsd.weights import load_safetensors, looks_pickled, pickle_refusal
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +52,15 @@ def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tenso
     if not path.is_file():
         raise MedsdError(f"weights file {path} given to {option} does not exist; pass an existing file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return load_safetensors(path, f"weights file given to {option}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling refusal means "not a plain state dict"
-        raise MedsdError(
-            f"{path} (from {option}) is not a plain state dict loadable with weights_only=True ({err}); "
-            "convert it once with: python -c \"import torch, safetensors.torch as s; "
-            "m = torch.load('IN', weights_only=False); "
-            "s.save_file((m if isinstance(m, dict) else m.state_dict()), 'OUT.safetensors')\""
-        ) from err
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+        if isinstance(err, pickle.UnpicklingError) and looks_pickled(path):
+            raise pickle_refusal(path, f"weights file given to {option}") from None
+        raise MedsdError(f"weights file {path} given to {option} is not a readable PyTorch file "
+                         f"({type(err).__name__}); it is truncated or of another kind: pass the .pth or "
+                         ".safetensors file itself") from None
     if not isinstance(state, dict):
         raise MedsdError(f"{path} (from {option}) does not hold a state dict")
     return state
@@ -108,7 +107,7 @@ def load_phantom_classifier(path: str | Path):
     if not (path / "model.safetensors").is_file():
         raise MedsdError(
             f"phantom classifier folder {path} has no model.safetensors; pass --phantom-classifier DIR "
-            "pointing at the reference classifier written by `medsd data phantom`"
+            "pointing at the reference classifier written by `medsd data phantom-classifier`"
         )
     from medsd.phantom.judge import load_reference_classifier
 

@@ -17,11 +17,14 @@ import torch
 from PIL import Image
 
 from medsd.errors import MedsdError
+from medsd.files import read_csv
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GENERATION_CSV = "generation_results.csv"
+# What PIL raises for a truncated, foreign or oversized file (UnidentifiedImageError is an OSError).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _resolve_csv_path(root: Path, raw: str) -> str | None:
@@ -38,7 +41,7 @@ def _find_label_csv(root: Path) -> Path | None:
     """A CSV in ``root`` with a ``Path`` column (CheXpert layout); prefers train.csv."""
     csvs = sorted(root.glob("*.csv"), key=lambda p: (p.name != "train.csv", p.name))
     for csv in csvs:
-        header = pd.read_csv(csv, nrows=0).columns
+        header = read_csv(csv, "label CSV", nrows=0).columns
         if "Path" in header:
             return csv
     return None
@@ -54,13 +57,13 @@ def list_images(path: str | Path) -> pd.DataFrame:
     if not root.is_dir():
         raise MedsdError(f"image folder {root} does not exist; pass a folder of images or a CheXpert-style folder")
     if (root / GENERATION_CSV).is_file():
-        frame = pd.read_csv(root / GENERATION_CSV)
+        frame = read_csv(root / GENERATION_CSV, "generation table")
         if "file" not in frame.columns:
             raise MedsdError(f"{root / GENERATION_CSV} has no 'file' column; it must list each image's relative path")
         return frame.reset_index(drop=True)
     label_csv = _find_label_csv(root)
     if label_csv is not None:
-        frame = pd.read_csv(label_csv)
+        frame = read_csv(label_csv, "label CSV")
         frame["file"] = [_resolve_csv_path(root, p) for p in frame["Path"]]
         missing = int(frame["file"].isna().sum())
         if missing:
@@ -113,7 +116,22 @@ def load_image_folder(
         frame = frame.iloc[:limit].reset_index(drop=True)
     if frame.empty:
         raise MedsdError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTS)})")
-    images = [read_image(root / f, size, channels) for f in frame["file"]]
+    images, kept, skipped = [], [], []
+    for i, file in enumerate(frame["file"]):
+        try:
+            images.append(read_image(root / file, size, channels))
+            kept.append(i)
+        except UNREADABLE as err:  # one truncated or foreign file is skipped and reported, not the whole run
+            skipped.append((str(file), f"{type(err).__name__}: {err}"))
+    if skipped:
+        listed = "; ".join(f"{file} ({reason})" for file, reason in skipped[:10])
+        log.warning("skipped %d of %d unreadable images in %s: %s%s", len(skipped), len(frame), root, listed,
+                    " ..." if len(skipped) > 10 else "")
+    if not images:
+        raise MedsdError(f"none of the {len(frame)} images in {root} could be read (first: {skipped[0][0]}: "
+                         f"{skipped[0][1]}); pass a folder of PNG/JPEG images")
+    frame = frame.iloc[kept].reset_index(drop=True)
+    frame.attrs["skipped"] = skipped
     if channels is None and any(t.shape[0] == 3 for t in images):  # grey images of a colour set: repeated
         images = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in images]
     shapes = {tuple(t.shape) for t in images}

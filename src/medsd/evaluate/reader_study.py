@@ -9,6 +9,8 @@ packed MRI), so that the file format cannot give a synthetic image away.
 
 from __future__ import annotations
 
+import itertools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ from scipy.stats import binomtest
 
 from medsd.errors import MedsdError
 from medsd.evaluate.io import is_colour, list_images
+from medsd.files import read_csv
+
+log = logging.getLogger(__name__)
 
 ANSWER_COLUMNS = ["case", "answer (real/synthetic)", "confidence (1-5)", "comment"]
 
@@ -26,7 +31,26 @@ def _pick(root: Path, n: int, rng: np.random.Generator) -> list[Path]:
     files = [root / f for f in list_images(root)["file"]]
     if len(files) < n:
         raise MedsdError(f"{root} holds {len(files)} images, fewer than the {n} the reader study asks for")
-    return [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
+    picked = [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
+    unreadable = [p for p in picked if not _readable(p)]
+    if unreadable:  # replace them by other images, so that the kit stays balanced
+        log.warning("skipping %d unreadable image(s) in %s: %s", len(unreadable), root,
+                    ", ".join(p.name for p in unreadable[:10]))
+        spare = [files[i] for i in rng.permutation(len(files)) if files[i] not in picked]
+        replacements = itertools.islice((p for p in spare if _readable(p)), len(unreadable))
+        picked = [p for p in picked if p not in unreadable] + list(replacements)
+        if len(picked) < n:
+            raise MedsdError(f"{root} holds only {len(picked)} readable images, fewer than the {n} asked for")
+    return picked
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
 
 
 def _is_colour_file(path: Path) -> bool:
@@ -69,8 +93,10 @@ def make_reader_study(
 
 def score_reader_study(key_csv: str | Path, answers_csv: str | Path) -> dict:
     """Accuracy of the reader at telling synthetic from real, with a binomial test against guessing (50 %)."""
-    key = pd.read_csv(key_csv)
-    answers = pd.read_csv(answers_csv)
+    key = read_csv(key_csv, "--key")
+    answers = read_csv(answers_csv, "--answers")
+    if not {"case", "truth"} <= set(key.columns):
+        raise MedsdError(f"--key {key_csv} needs 'case' and 'truth' columns; pass the kit's key/key.csv")
     column = next((c for c in answers.columns if str(c).lower().startswith("answer")), None)
     if column is None or "case" not in answers.columns:
         raise MedsdError(f"{answers_csv} needs a 'case' column and an 'answer' column (real/synthetic)")

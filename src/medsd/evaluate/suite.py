@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsd.errors import MedsdError
 from medsd.evaluate import features as feats
 from medsd.evaluate import report as rpt
 from medsd.evaluate.channels import channel_statistics, split_channels
@@ -22,6 +23,7 @@ from medsd.evaluate.faithfulness import evaluate_faithfulness
 from medsd.evaluate.fid import compare_features
 from medsd.evaluate.io import labels_for, load_image_folder, prompt_groups
 from medsd.evaluate.privacy import memorization
+from medsd.files import read_text
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,14 @@ def compute_metrics(inputs: ReportInputs) -> tuple[dict, dict]:
     channels = real.shape[1]  # the real set defines the modality: generated images are judged in its channels
     gen, gen_frame = load_image_folder(inputs.generated, inputs.size, inputs.limit, channels)
     metrics: dict = {"sets": {"real": str(inputs.real), "generated": str(inputs.generated), "n_real": len(real),
-                              "n_generated": len(gen), "image_size": inputs.size, "channels": channels},
-                     "fid": {}}
+                              "n_generated": len(gen), "image_size": inputs.size,
+                              "channels": channels}, "fid": {}}
+    for name, frame, root in (("real", real_frame, inputs.real), ("generated", gen_frame, inputs.generated)):
+        skipped = frame.attrs.get("skipped", [])
+        metrics["sets"][f"skipped_{name}"] = [{"file": f, "reason": r} for f, r in skipped]
+        if skipped:
+            inputs.notes.append(f"{len(skipped)} unreadable image(s) in {root} were skipped: "
+                                + ", ".join(f for f, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     phantom_model = inputs.phantom_classifier
     if phantom_model is not None and not isinstance(phantom_model, torch.nn.Module):
         phantom_model = feats.load_phantom_classifier(phantom_model)
@@ -111,7 +119,16 @@ def compute_metrics(inputs: ReportInputs) -> tuple[dict, dict]:
         pictures["train"] = train
     for key, path in (("augmentation", inputs.augmentation_json), ("reader_study", inputs.reader_study_json)):
         if path is not None:
-            metrics[key] = json.loads(Path(path).read_text())
+            option = "--augmentation" if key == "augmentation" else "--reader-study"
+            try:
+                metrics[key] = json.loads(read_text(path, f"{option} JSON"))
+            except json.JSONDecodeError as err:
+                raise MedsdError(f"{option} {path} is not valid JSON ({err}); pass the JSON file that "
+                                 "`medsd evaluate augment` or `reader-study --answers` wrote") from None
+            needed = ("findings", "conditions") if key == "augmentation" else ("accuracy",)
+            if not isinstance(metrics[key], dict) or any(k not in metrics[key] for k in needed):
+                raise MedsdError(f"{option} {path} lacks {', '.join(needed)}; pass the JSON file that "
+                                 "`medsd evaluate augment` or `reader-study --answers` wrote")
     metrics["notes"] = inputs.notes
     return metrics, pictures
 
