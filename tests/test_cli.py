@@ -46,6 +46,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.Cap
     assert err.startswith("medsd: error: could not load model 'runwayml/stable-diffusion-v1-5'")
     assert "\n" not in err and "Traceback" not in err
     assert main(["model", "info", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    assert main(["model", "info", str(tmp_path / "half")]) == 2
     assert "not a complete diffusers folder" in capsys.readouterr().err
 
 

@@ -63,7 +63,7 @@ def test_unloadable_sources_give_clear_errors(tmp_path: Path, monkeypatch: pytes
     empty.mkdir()
     with pytest.raises(MedsdError, match="not a complete diffusers folder"):
         load_pipeline(str(empty))
-    with pytest.raises(MedsdError, match="not a complete diffusers folder"):
+    with pytest.raises(MedsdError, match="missing does not exist"):
         load_components(str(tmp_path / "missing"))
 
 

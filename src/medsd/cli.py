@@ -2,7 +2,8 @@
 
 Each stage's module adds its own arguments (`register(subparsers)` for groups of subcommands,
 `configure(parser)` for a command with its own options); this file only wires them together, sets up
-logging and turns a MedsdError into one line on stderr with exit code 2.
+logging and turns a MedsdError (or a file-system error the user can fix) into one line on stderr with exit
+code 2.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from medsd import __version__
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, describe_os_error
 
 log = logging.getLogger("medsd")
 
@@ -27,6 +28,8 @@ GROUPS: dict[str, str] = {
     "evaluate": "Measure synthetic images: FID/KID/PRDC, diversity, faithfulness, augmentation AUC, "
     "memorization, report.",
     "demo": "Run the whole pipeline offline on the phantom with a tiny model (the README's main job).",
+    "env": "Print Python, torch (device), diffusers, transformers, peft and accelerate versions; warn when the "
+    "installed set differs from the tested lock.",
     "ui": "Serve a web page for generating and inspecting images (needs the ui extra: gradio).",
 }
 
@@ -39,6 +42,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("medsd.generate.cli", "configure"),
     "evaluate": ("medsd.evaluate.cli", "register"),
     "demo": ("medsd.demo", "configure"),
+    "env": ("medsd.env", "configure"),
     "ui": ("medsd.ui.cli", "configure"),
 }
 
@@ -95,11 +99,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedsdError as err:
-        print(f"medsd: error: {err}", file=sys.stderr)
-        return 2
+        return _report(err, str(err), args.verbose)
+    except OSError as err:
+        # A file-system problem the user can fix (permissions, full disk, a file in the way) that no check
+        # caught earlier: name the path; any other OSError is a bug and keeps its traceback.
+        message = describe_os_error(err)
+        if message is None:
+            raise
+        return _report(err, message, args.verbose)
     except KeyboardInterrupt:
         print("medsd: interrupted", file=sys.stderr)
         return 130
+
+
+def _report(err: BaseException, message: str, verbose: bool) -> int:
+    """Print the user's error: one line per problem, each prefixed; the traceback only with --verbose."""
+    if verbose:
+        log.debug("details", exc_info=err)
+    for line in message.splitlines() or [type(err).__name__]:
+        print(f"medsd: error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

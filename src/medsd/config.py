@@ -26,5 +26,5 @@ class RunConfig(StrictModel):
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML recipe, apply `--set key.sub=value` overrides and validate it (MedsdError on any problem)."""
-    data = apply_overrides(read_yaml(path), overrides)
+    data = apply_overrides(read_yaml(path), overrides, RunConfig)
     return validate(RunConfig, data, str(path))

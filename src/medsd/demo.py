@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,6 +85,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsd.errors import MedsdError
+    from medsd.files import output_dir
+
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise MedsdError(f"--minutes must be a positive number of minutes, got {args.minutes}")
+    output_dir(args.out, "--out")
     plan = DemoPlan.smoke() if args.smoke else DemoPlan.for_minutes(args.minutes)
     summary = run_demo(Path(args.out), plan, seed=args.seed)
     print(format_summary(summary))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medsd.files import output_dir
 from medsd.models import TINY_SIZES, build_tiny_model, count_parameters, load_components
 
 
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_tiny(args: argparse.Namespace) -> int:
+    output_dir(args.out, "--out")
     out = build_tiny_model(args.out, size=args.size, seed=args.seed)
     print(f"tiny {args.size} model written to {out}")
     return 0

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from safetensors import SafetensorError
 
 from medsd.config_base import StrictModel
 from medsd.errors import MedsdError
+from medsd.weights import SAFE_COPY, WHY_REFUSED, check_model_weights, error_detail, pickled_model_parts
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +81,21 @@ class Components:
 def _load_error(source: str, err: Exception) -> MedsdError:
     is_local = Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    if is_local:
+    if isinstance(err, pickle.UnpicklingError):
+        parts = pickled_model_parts(Path(source).expanduser()) if is_local else []
+        files = ", ".join(str(p) for p in parts) or "a weight file"
+        return MedsdError(f"could not load model {source!r}: {files} is a pickle that holds more than plain "
+                          f"tensors; {WHY_REFUSED}; {SAFE_COPY}")
+    if is_local and not Path(source).expanduser().exists():
+        hint = (
+            f"{source} does not exist; pass a diffusers folder (e.g. from `medsd model tiny --out DIR`) or a "
+            "Hugging Face id"
+        )
+    elif is_local:
         hint = (
             f"{source} exists but is not a complete diffusers folder (needs model_index.json, unet/, vae/, "
-            "text_encoder/, tokenizer/, scheduler/); build one with `medsd model tiny --out DIR` or save a "
-            "pipeline with `pipe.save_pretrained(DIR)`"
+            "text_encoder/, tokenizer/, scheduler/, each with intact weights); build one with `medsd model tiny "
+            "--out DIR` or save a pipeline with `pipe.save_pretrained(DIR)`"
         )
     else:
         why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hugging Face Hub could not be reached or has no such id"
@@ -91,14 +104,20 @@ def _load_error(source: str, err: Exception) -> MedsdError:
             f"(`huggingface-cli download {source} --local-dir DIR`) and set model.pretrained to DIR "
             "(or `--set model.pretrained=DIR`); for offline work build a tiny model with `medsd model tiny --out DIR`"
         )
-    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return MedsdError(f"could not load model {source!r}: {hint}. ({type(err).__name__}: {detail})")
+    return MedsdError(f"could not load model {source!r}: {hint}. ({error_detail(err)})")
+
+
+# What loading a damaged or foreign model folder raises (SafetensorError is the safetensors library's own).
+LOAD_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError,
+                                            SafetensorError)
 
 
 def _check_local(source: str) -> None:
     path = Path(source).expanduser()
     if (source.startswith((".", "/", "~")) or path.exists()) and not (path / "model_index.json").is_file():
         raise _load_error(source, FileNotFoundError(f"{path / 'model_index.json'} not found"))
+    if path.is_dir():
+        check_model_weights(path)
 
 
 def load_components(
@@ -121,7 +140,7 @@ def load_components(
             source, subfolder="unet", variant=variant, torch_dtype=torch_dtype, **kwargs
         )
         noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
-    except (OSError, ValueError) as err:
+    except LOAD_ERRORS as err:
         raise _load_error(source, err) from err
     return Components(tokenizer, text_encoder, vae, unet, noise_scheduler, source)
 
@@ -142,7 +161,7 @@ def load_pipeline(
             source, torch_dtype=resolve_dtype(dtype), revision=revision, variant=variant,
             safety_checker=None, requires_safety_checker=False,
         )
-    except (OSError, ValueError) as err:
+    except LOAD_ERRORS as err:
         raise _load_error(source, err) from err
     return pipe.to(resolve_device(device))
 

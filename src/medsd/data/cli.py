@@ -1,4 +1,4 @@
-"""`medsd data ...` subcommands: phantom (see medsd.phantom.cli), inspect, prepare."""
+"""`medsd data ...` subcommands: phantom (see medsd.phantom.cli), inspect, prepare, export."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 from medsd.config_base import add_set_option, load_yaml_section
 from medsd.data.config import DataConfig
+from medsd.errors import MedsdError
+from medsd.files import output_dir
 from medsd.phantom import cli as phantom_cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the data subcommands (phantom, phantom-classifier, inspect, prepare)."""
+    """Add the data subcommands (phantom, phantom-classifier, inspect, prepare, export)."""
     phantom_cli.register(subparsers)
 
     p = subparsers.add_parser(
@@ -39,6 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_set_option(p, "data.resolution=128")
     p.set_defaults(func=run_prepare)
 
+    p = subparsers.add_parser(
+        "export",
+        help="Write a recipe's samples as PNG files + labels.csv (the folder `medsd evaluate` reads).",
+        description="Exports what training sees (preprocessed; PI-CAI slices, PCam patches) for evaluation.",
+    )
+    p.add_argument("config", help="YAML recipe with a `data:` section")
+    p.add_argument("--out", required=True, help="output folder (images/ and labels.csv)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "all"], help="default: data.split")
+    p.add_argument("--limit", type=int, default=None, help="export at most this many samples")
+    add_set_option(p, "data.resolution=256")
+    p.set_defaults(func=run_export)
+
 
 def _load(args: argparse.Namespace) -> DataConfig:
     return load_yaml_section(args.config, "data", DataConfig, args.overrides)
@@ -48,8 +62,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Print a summary of the data set and write the report files."""
     from medsd.data.inspect import inspect_dataset
 
+    if args.samples < 0:
+        raise MedsdError(f"--samples must be 0 or more, got {args.samples}")
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path(args.config).parent / f"inspect_{cfg.source}"
+    out = output_dir(args.out or Path(args.config).parent / f"inspect_{cfg.source}", "inspect output folder")
     report = inspect_dataset(cfg, out, n_samples=args.samples, check_all=args.check_all)
     print(f"{report['source']}: {report['size']} samples, {report['patients']} patients")
     print("selection: " + " → ".join(f"{name}: {n}" for name, n in report["selection"]))
@@ -78,8 +94,25 @@ def run_prepare(args: argparse.Namespace) -> int:
     from medsd.data.prepare import prepare_cache
 
     cfg = _load(args)
-    report = prepare_cache(cfg, cache_dir=args.out, workers=args.workers)
+    if args.workers is not None and args.workers < 1:
+        raise MedsdError(f"--workers must be at least 1, got {args.workers}")
+    cache_dir = output_dir(args.out or cfg.cache_dir or "cache", "cache folder (--out or data.cache_dir)")
+    report = prepare_cache(cfg, cache_dir=cache_dir, workers=args.workers)
     print(json.dumps({k: v for k, v in report.items() if k not in ("skipped_files", "pathologies")}, indent=2))
     for path, reason in report["skipped_files"][:20]:
         print(f"skipped {path}: {reason}")
+    if report["samples"] and report["skipped"] == report["samples"]:
+        path, reason = report["skipped_files"][0]
+        raise MedsdError(f"none of the {report['samples']} images could be read (first: {path}: {reason}); check "
+                         f"data.root ({cfg.root}) and the paths in the CSV")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the PNGs and labels.csv and say how many."""
+    from medsd.data.export import export_samples
+
+    result = export_samples(_load(args), args.out, args.split, args.limit)
+    print(f"wrote {result['written']} images and labels.csv ({', '.join(result['pathologies'])}) to {result['out']}"
+          + (f"; skipped {len(result['skipped'])} unreadable" if result["skipped"] else ""))
     return 0

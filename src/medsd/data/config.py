@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medsd.config_base import StrictModel
+from medsd.data.pcam import PcamConfig
+from medsd.data.picai import PicaiConfig
 
-SOURCES = ("chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom")
+SOURCES = ("chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom", "picai", "pcam")
 Uncertainty = Literal["ones", "zeros", "ignore"]
 
 
@@ -51,10 +53,11 @@ class PromptConfig(StrictModel):
 class DataConfig(StrictModel):
     """The `data:` section of every recipe: source, selection, preprocessing, prompts, split and cache."""
 
-    source: Literal["chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom"] = Field(
+    source: Literal["chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom", "picai", "pcam"] = Field(
         "phantom",
         description="Data source kind: chexpert | mimic | nih | openi | csv (images + CSV with a path column) | "
-        "folder (one sub-folder per class) | phantom (folder written by `medsd data phantom`).",
+        "folder (one sub-folder per class) | phantom (folder written by `medsd data phantom`) | picai (PI-CAI "
+        "prostate MRI studies, see data.picai) | pcam (Patch Camelyon HDF5 files, see data.pcam).",
     )
     root: str = Field("data/phantom", description="Image root folder; CSV paths are resolved against it.")
     csv: str | None = Field(
@@ -122,7 +125,9 @@ class DataConfig(StrictModel):
         description="pad: crop to non-zero content, resize the longest edge, zero-pad to square (textual-inversion "
         "recipe); center_crop: resize short side then centre crop; resize_short: same, no content crop.",
     )
-    crop_to_content: bool = Field(True, description="Crop away zero borders first (only for `pad`).")
+    crop_to_content: bool = Field(
+        True, description="Crop away zero borders first (only for `pad`; never for picai and pcam, cropped already)."
+    )
     augment: bool = Field(
         False, description="Light augmentation (small shift/rotate/contrast). Off by default: defeats latent caching."
     )
@@ -140,3 +145,18 @@ class DataConfig(StrictModel):
     )
     cache_dtype: Literal["uint8", "uint16"] = Field("uint8", description="Pixel type of the prepared cache.")
     workers: int = Field(2, ge=1, description="Decoding processes for `medsd data prepare`.")
+    picai: PicaiConfig = Field(default_factory=PicaiConfig, description="Settings of the picai source.")
+    pcam: PcamConfig = Field(default_factory=PcamConfig, description="Settings of the pcam source.")
+
+    @model_validator(mode="after")
+    def _split_is_possible(self) -> DataConfig:
+        fractions = self.split_fractions
+        if any(f < 0 for f in fractions) or sum(fractions) <= 0:
+            raise ValueError(
+                f"split_fractions {list(fractions)} must be train/val/test shares >= 0 with a positive sum, "
+                "e.g. [0.8, 0.1, 0.1]"
+            )
+        chosen = {"train": 0, "val": 1, "test": 2}.get(self.split)
+        if chosen is not None and fractions[chosen] == 0:
+            raise ValueError(f"split is {self.split!r} but its share in split_fractions is 0")
+        return self

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medsd.data import pcam, picai
 from medsd.data.config import DataConfig
 from medsd.errors import MedsdError
+from medsd.files import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _read_csv(path: Path | None, what: str) -> pd.DataFrame:
     if key not in _CSV_CACHE:
         if len(_CSV_CACHE) >= 4:
             _CSV_CACHE.pop(next(iter(_CSV_CACHE)))
-        _CSV_CACHE[key] = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", low_memory=False)
+        _CSV_CACHE[key] = read_csv(path, what, sep="\t" if path.suffix == ".tsv" else ",", low_memory=False)
     return _CSV_CACHE[key].copy()
 
 
@@ -141,7 +143,7 @@ def _mimic_reports(cfg: DataConfig, root: Path, frame: pd.DataFrame) -> pd.Serie
     if src is None:
         return pd.Series([None] * len(frame), index=frame.index, dtype=object)
     if src.is_file():
-        rep = pd.read_csv(src)
+        rep = read_csv(src, "MIMIC reports CSV")
         _require_columns(rep, ["study_id"], f"MIMIC reports CSV {src}")
         text_col = next((c for c in ("text", "report", "Report") if c in rep.columns), None)
         if text_col is None:
@@ -255,7 +257,13 @@ def load_openi(cfg: DataConfig, root: Path) -> SourceData:
     xml_source = _resolve(root, cfg.csv) or xrv_data_file("NLMCXR_reports.tgz")
     if not xml_source.exists():
         raise MedsdError(f"Open-i reports {xml_source} do not exist; give the reports .tgz or the XML folder")
-    csv, labels, pathologies, texts = _openi_table(xml_source)
+    try:
+        csv, labels, pathologies, texts = _openi_table(xml_source)
+    except (tarfile.TarError, ET.ParseError, EOFError, OSError, KeyError, AttributeError) as err:
+        raise MedsdError(
+            f"Open-i reports {xml_source} could not be read ({type(err).__name__}: {str(err)[:160]}); give the "
+            "NLMCXR_reports.tgz as downloaded or a folder of its XML files"
+        ) from None
     frame = pd.DataFrame(
         {
             "path": _join(root, csv["imageid"].astype(str) + ".png"),
@@ -342,7 +350,7 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
         raise MedsdError(
             f"phantom folder {root} holds no CSV with a Path column; create one with `medsd data phantom --out {root}`"
         )
-    columns = pd.read_csv(csv_path, nrows=0).columns
+    columns = read_csv(csv_path, "phantom CSV", nrows=0).columns
     local = cfg.model_copy(update={"csv": str(csv_path.resolve()), "path_column": _path_column_of(csv_path)})
     data = load_chexpert(local, root) if "Frontal/Lateral" in columns else load_csv(local, root, csv_path)
     if cfg.labels is None:
@@ -355,7 +363,7 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
 def _path_column_of(csv_path: Path | None) -> str | None:
     if csv_path is None or not csv_path.is_file():
         return None
-    columns = pd.read_csv(csv_path, nrows=0).columns
+    columns = read_csv(csv_path, "CSV", nrows=0).columns
     return next((c for c in ("Path", "path", "file", "image", "filename") if c in columns), None)
 
 
@@ -374,6 +382,9 @@ def load_folder(cfg: DataConfig, root: Path) -> SourceData:
                 rows.append(
                     {"path": str(p), "patient_id": p.stem, "view": "UNKNOWN", **{c: float(c == cls) for c in labels}}
                 )
+    if not rows:
+        raise MedsdError(f"data.root {root} has class sub-folders ({', '.join(classes[:5])}) but no images in them "
+                         f"({', '.join(IMAGE_SUFFIXES)}); expected root/CLASS/*.png")
     frame = pd.DataFrame(rows, columns=["path", "patient_id", "view", *labels])
     return SourceData(frame, labels)
 
@@ -386,7 +397,11 @@ LOADERS = {
     "csv": load_csv,
     "folder": load_folder,
     "phantom": load_phantom,
+    "picai": lambda cfg, root: SourceData(*picai.study_table(cfg.picai, root)),
+    "pcam": lambda cfg, root: SourceData(*pcam.patch_table(root)),
 }
+# Sources whose sample paths are not image files (a study's volumes and masks, a row of an HDF5 file) decode them
+SAMPLE_READERS = {"picai": picai.read_study, "pcam": pcam.read_patch}
 
 
 def load_source(cfg: DataConfig) -> SourceData:

@@ -3,10 +3,14 @@
 As in the budget paper's blinded comparison, a radiologist labels each case real or synthetic. Images are
 re-encoded to one size and format without any metadata (generated PNGs carry a "synthetic" text chunk), and
 renamed ``case_001.png`` ... in a random order; the key is written to a separate folder to keep from readers.
+All cases share one colour mode, chosen by the real images (greyscale X-rays, colour histopathology or
+packed MRI), so that the file format cannot give a synthetic image away.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,10 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from medsd.errors import MedsdError
-from medsd.evaluate.io import list_images
+from medsd.evaluate.io import is_colour, list_images
+from medsd.files import read_csv
+
+log = logging.getLogger(__name__)
 
 ANSWER_COLUMNS = ["case", "answer (real/synthetic)", "confidence (1-5)", "comment"]
 
@@ -24,7 +31,31 @@ def _pick(root: Path, n: int, rng: np.random.Generator) -> list[Path]:
     files = [root / f for f in list_images(root)["file"]]
     if len(files) < n:
         raise MedsdError(f"{root} holds {len(files)} images, fewer than the {n} the reader study asks for")
-    return [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
+    picked = [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
+    unreadable = [p for p in picked if not _readable(p)]
+    if unreadable:  # replace them by other images, so that the kit stays balanced
+        log.warning("skipping %d unreadable image(s) in %s: %s", len(unreadable), root,
+                    ", ".join(p.name for p in unreadable[:10]))
+        spare = [files[i] for i in rng.permutation(len(files)) if files[i] not in picked]
+        replacements = itertools.islice((p for p in spare if _readable(p)), len(unreadable))
+        picked = [p for p in picked if p not in unreadable] + list(replacements)
+        if len(picked) < n:
+            raise MedsdError(f"{root} holds only {len(picked)} readable images, fewer than the {n} asked for")
+    return picked
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+
+
+def _is_colour_file(path: Path) -> bool:
+    with Image.open(path) as img:
+        return is_colour(img)
 
 
 def make_reader_study(
@@ -35,6 +66,7 @@ def make_reader_study(
     sources = [(p, "real") for p in _pick(Path(real_dir), n_each, rng)]
     sources += [(p, "synthetic") for p in _pick(Path(synthetic_dir), n_each, rng)]
     order = rng.permutation(len(sources))
+    colour = any(_is_colour_file(path) for path, truth in sources if truth == "real")
     out = Path(out)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     (out / "key").mkdir(exist_ok=True)
@@ -43,8 +75,8 @@ def make_reader_study(
         source, truth = sources[index]
         case = f"case_{number:03d}"
         with Image.open(source) as img:
-            # a fresh grayscale image: no text chunks, EXIF or original size can give the source away
-            clean = img.convert("L").resize((size, size), Image.BICUBIC)
+            # a fresh image: no text chunks, EXIF, original size or colour mode can give the source away
+            clean = img.convert("RGB" if colour else "L").resize((size, size), Image.BICUBIC)
             clean.save(out / "cases" / f"{case}.png", optimize=False)
         key_rows.append({"case": case, "truth": truth, "source": str(source)})
     pd.DataFrame(key_rows).to_csv(out / "key" / "key.csv", index=False)
@@ -52,7 +84,7 @@ def make_reader_study(
     sheet["case"] = [r["case"] for r in key_rows]
     sheet.to_csv(out / "answer_sheet.csv", index=False)
     (out / "README.txt").write_text(
-        "Reader study: each image in cases/ is either a real chest X-ray or a synthetic one.\n"
+        "Reader study: each image in cases/ is either a real image or a synthetic one.\n"
         "Fill answer_sheet.csv: answer = real or synthetic, confidence 1 (guess) to 5 (certain).\n"
         "Do not open key/ (the study organiser keeps it).\n"
     )
@@ -61,8 +93,10 @@ def make_reader_study(
 
 def score_reader_study(key_csv: str | Path, answers_csv: str | Path) -> dict:
     """Accuracy of the reader at telling synthetic from real, with a binomial test against guessing (50 %)."""
-    key = pd.read_csv(key_csv)
-    answers = pd.read_csv(answers_csv)
+    key = read_csv(key_csv, "--key")
+    answers = read_csv(answers_csv, "--answers")
+    if not {"case", "truth"} <= set(key.columns):
+        raise MedsdError(f"--key {key_csv} needs 'case' and 'truth' columns; pass the kit's key/key.csv")
     column = next((c for c in answers.columns if str(c).lower().startswith("answer")), None)
     if column is None or "case" not in answers.columns:
         raise MedsdError(f"{answers_csv} needs a 'case' column and an 'answer' column (real/synthetic)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medsd.errors import MedsdError
+from medsd.files import output_dir
 from medsd.generate import jobs as J
 from medsd.generate.compose import parse_prompt
 from medsd.generate.loading import LoadedModel, check_prompt, load_model
@@ -75,7 +77,8 @@ def generate(
         raise MedsdError("--labels-from needs --all-labels")
     if proportional and labels_from is None:
         raise MedsdError("--proportional needs --all-labels --labels-from CSV (the counts come from the data)")
-    check_settings(num_images=num_images, batch_size=batch_size, steps=steps, scheduler=scheduler)
+    check_settings(num_images=num_images, batch_size=batch_size, steps=steps, scheduler=scheduler,
+                   guidance=guidance, lora_scale=lora_scale, height=height, width=width)
     texts: list[str] = []
     labels: list[dict[str, int]] | None = None
     label_columns: list[str] = []
@@ -83,9 +86,10 @@ def generate(
         texts, labels, label_columns = J.read_prompts_file(prompts_file)
     elif not all_labels:
         texts = _as_list(prompts)
-    elif labels_from is not None and not Path(labels_from).is_file():
-        raise MedsdError(f"--labels-from {str(labels_from)!r} not found; pass a CSV with finding columns")
+    elif labels_from is not None:
+        label_table = J.read_label_csv(labels_from)  # read before the model: a bad file costs no loading
     terms = {text: parse_prompt(text) for text in dict.fromkeys(texts)}  # bad weights fail before loading
+    output_dir(out_dir, "--out")
 
     state = _process_state()
     if not isinstance(model, LoadedModel):
@@ -101,7 +105,7 @@ def generate(
         # A class-conditional model knows only its own labels; a text model gets the CheXpert findings.
         findings = list(model.labels) if model.labels else list(J.CHEXPERT_FINDINGS)
         if labels_from is not None:
-            combos, label_columns = J.combinations_from_csv(labels_from, min_count, findings)
+            combos, label_columns = J.combinations_from_csv(label_table, min_count, findings)
             if proportional:
                 num_images = J.proportional_counts(num_images, [count for _, count in combos])
         else:
@@ -185,20 +189,34 @@ def result_row(model: LoadedModel, job: J.Job, settings: dict[str, Any], dicom: 
     return row
 
 
-def check_settings(num_images: int = 1, batch_size: int = 1, steps: int = 1, scheduler: str = "pndm") -> None:
-    """Validate counts and the scheduler name before any work."""
+def check_settings(
+    num_images: int = 1, batch_size: int = 1, steps: int = 1, scheduler: str = "pndm", guidance: float = 7.5,
+    lora_scale: float = 1.0, height: int | None = None, width: int | None = None,
+) -> None:
+    """Validate counts, numbers and the scheduler name before any work (NaN would silently turn guidance off)."""
     for name, value in (("--num-images", num_images), ("--batch-size", batch_size), ("--steps", steps)):
         if int(value) < 1:
             raise MedsdError(f"{name} must be at least 1, got {value}")
+    for name, value in (("--guidance", guidance), ("--lora-scale", lora_scale)):
+        if not math.isfinite(value):
+            raise MedsdError(f"{name} must be a finite number, got {value}")
+    if guidance < 0:
+        raise MedsdError(f"--guidance must be 0 or more (1 or less turns classifier-free guidance off), "
+                         f"got {guidance:g}")
+    for name, value in (("--height", height), ("--width", width)):
+        if value is not None and value <= 0:
+            raise MedsdError(f"{name} must be a positive number of pixels, got {value}")
     canonical_scheduler_name(scheduler)
 
 
 def check_size(model: LoadedModel, height: int | None, width: int | None) -> tuple[int, int]:
     """Default to the model's native size; sizes must be multiples of the VAE's downsampling factor."""
-    height, width = height or model.default_size, width or model.default_size
+    height = model.default_size if height is None else height
+    width = model.default_size if width is None else width
     factor = model.vae_scale_factor
     if height % factor or width % factor or height <= 0 or width <= 0:
-        raise MedsdError(f"--height/--width {height}x{width} must be positive multiples of {factor} for this model")
+        raise MedsdError(f"--height/--width {height}x{width} must be positive multiples of {factor} for this model "
+                         "(the size its VAE shrinks an image by)")
     return height, width
 
 

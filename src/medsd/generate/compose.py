@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from medsd.errors import MedsdError
 
-AND_RE = re.compile(r"\s+AND\s+")
+# "AND" between terms; also at either end, so that a dangling "0.3*A AND" is an empty term, not the text "AND".
+AND_RE = re.compile(r"(?:^|\s+)AND(?:\s+|$)")
 # A weight prefix is a short token without spaces before the first "*"; longer text with spaces before a "*"
 # is treated as prompt text, so ordinary prompts containing "*" still work.
 WEIGHT_RE = re.compile(r"^\s*(?P<weight>[^\s*]{1,24})\s*\*\s*(?P<text>.*)$", re.DOTALL)

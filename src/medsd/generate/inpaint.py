@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medsd.errors import MedsdError
+from medsd.files import output_dir
 from medsd.generate import jobs as J
 from medsd.generate.api import check_settings, check_size, run_jobs
 from medsd.generate.compose import parse_prompt
@@ -114,8 +115,10 @@ def inpaint(
     jump between them) to the latent blending; it needs the ddim or ddpm scheduler and costs `resample`× time.
     """
     rgb, mask_arr = load_image_and_mask(image, mask, box)  # size errors before the model is loaded
-    check_settings(num_images=num_images, batch_size=batch_size, steps=steps, scheduler=scheduler)
+    check_settings(num_images=num_images, batch_size=batch_size, steps=steps, scheduler=scheduler,
+                   guidance=guidance, lora_scale=lora_scale)
     terms = parse_prompt(prompt)  # bad weights fail before loading too
+    output_dir(out_dir, "--out")
     if resample < 1 or (resample > 1 and canonical_scheduler_name(scheduler) not in ("ddim", "ddpm")):
         raise MedsdError(f"--resample {resample}: must be >= 1, and > 1 needs --scheduler ddim or ddpm")
     if not isinstance(model, LoadedModel):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from medsd.errors import MedsdError
+from medsd.files import output_dir
 from medsd.generate import jobs as J
 from medsd.generate.api import check_settings, check_size, run_jobs
 from medsd.generate.compose import is_plain, parse_prompt
@@ -56,10 +57,12 @@ def interpolate(
         raise MedsdError(f"--frames must be at least 2 (start and end), got {frames}")
     if method not in METHODS:
         raise MedsdError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    check_settings(batch_size=batch_size, steps=steps, scheduler=scheduler)
+    check_settings(batch_size=batch_size, steps=steps, scheduler=scheduler, guidance=guidance,
+                   lora_scale=lora_scale, height=height, width=width)
     for name, text in (("--start", start), ("--end", end)):
         if not is_plain(parse_prompt(text)):
             raise MedsdError(f"{name} {text!r} is composable; interpolation goes between two plain conditions")
+    output_dir(out_dir, "--out")
     if not isinstance(model, LoadedModel):
         model = load_model(model, lora=lora, lora_scale=lora_scale, embeddings=embeddings, device=device, dtype=dtype)
     height, width = check_size(model, height, width)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medsd.errors import MedsdError
+from medsd.files import read_csv, read_text
 
 CHEXPERT_FINDINGS = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -68,8 +69,16 @@ def single_findings(findings: list[str] = CHEXPERT_FINDINGS) -> list[tuple[tuple
     return [((), None)] + [((name,), None) for name in findings if _key(name) not in NO_FINDING_KEYS]
 
 
+def read_label_csv(path: str | Path) -> pd.DataFrame:
+    """The `--labels-from` table (MedsdError when missing, not UTF-8 or not a CSV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsdError(f"--labels-from {str(path)!r} not found; pass a CSV with finding columns such as Cardiomegaly")
+    return read_csv(path, "--labels-from CSV")
+
+
 def combinations_from_csv(
-    path: str | Path, min_count: int = 1, candidates: list[str] = CHEXPERT_FINDINGS
+    path: str | Path | pd.DataFrame, min_count: int = 1, candidates: list[str] = CHEXPERT_FINDINGS
 ) -> tuple[list[tuple[tuple[str, ...], int]], list[str]]:
     """Label combinations present in a CheXpert-style CSV (1 positive; 0, -1 uncertain, blank not), with counts.
 
@@ -77,13 +86,10 @@ def combinations_from_csv(
     CheXpert names). Returns (combinations most frequent first, the finding columns found). Uncertain (-1)
     counts as negative (the U-zeros policy), matching how prompts are usually built for training.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MedsdError(f"--labels-from {str(path)!r} not found; pass a CSV with finding columns such as Cardiomegaly")
-    frame = pd.read_csv(path)
+    frame = path if isinstance(path, pd.DataFrame) else read_label_csv(path)
     findings = [c for c in candidates if c in frame.columns]
     if not findings:
-        raise MedsdError(f"{path} has none of the finding columns {', '.join(candidates[:6])}, ...")
+        raise MedsdError(f"--labels-from CSV has none of the finding columns {', '.join(candidates[:6])}, ...")
     positive = frame[findings].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0
     counts = Counter(
         tuple(f for f, v in zip(findings, row, strict=True) if v and _key(f) not in NO_FINDING_KEYS) for row in positive
@@ -147,11 +153,9 @@ def read_prompts_file(path: str | Path) -> tuple[list[str], list[dict[str, int]]
     the results. Returns (prompts, labels per prompt or None, finding columns).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MedsdError(f"--prompts file {str(path)!r} not found")
     labels, findings = None, []
     if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path)
+        frame = read_csv(path, "--prompts file")
         if "prompt" not in frame.columns:
             raise MedsdError(f"{path} has no 'prompt' column (columns: {', '.join(map(str, frame.columns))})")
         frame = frame[frame["prompt"].notna()]
@@ -161,7 +165,8 @@ def read_prompts_file(path: str | Path) -> tuple[list[str], list[dict[str, int]]
             values = frame[findings].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0
             labels = [{f: int(v) for f, v in zip(findings, row, strict=True)} for row in values]
     else:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        text = read_text(path, "--prompts file", "pass a .txt (one prompt per line) or a .csv with a 'prompt' column")
+        lines = [line.strip() for line in text.splitlines()]
         prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise MedsdError(f"--prompts file {path} contains no prompts")

@@ -23,6 +23,16 @@ from typing import Any
 import torch
 
 from medsd.errors import MedsdError
+from medsd.files import read_text
+from medsd.text_encoder_lora import TEXT_ENCODER_PREFIX, load_text_encoder_lora, text_encoder_alpha
+from medsd.weights import (
+    PICKLE_SUFFIXES,
+    check_model_weights,
+    check_safetensors,
+    error_detail,
+    load_safetensors,
+    pickle_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +116,17 @@ def load_model(
     dtype: str | torch.dtype = "float32",
 ) -> LoadedModel:
     """Load a base model / full fine-tune / registered medsd kind, then apply a LoRA and TI embeddings."""
-    from medsd.models import load_pipeline, resolve_device, resolve_dtype
+    from medsd.models import LOAD_ERRORS, load_pipeline, resolve_device, resolve_dtype
 
     source = str(source)
     path = Path(source).expanduser()
+    if lora is not None:
+        lora_file(lora)  # a missing or damaged adapter fails before the model is loaded
+    for item in embeddings:
+        embeddings_file(item)
+    if path.is_file():
+        raise MedsdError(f"model {source!r} is a file; pass the model's folder (the one holding model_index.json "
+                         "or medsd_model.json)")
     if _looks_local(source) and not path.is_dir():
         raise MedsdError(
             f"model folder {source!r} does not exist; pass a diffusers folder (e.g. from `medsd model tiny --out "
@@ -118,7 +135,7 @@ def load_model(
     spec_file = path / MODEL_JSON
     if spec_file.is_file():
         try:
-            spec = json.loads(spec_file.read_text())
+            spec = json.loads(read_text(spec_file, "model description"))
         except json.JSONDecodeError as err:
             raise MedsdError(f"{spec_file} is not valid JSON ({err}); it should be like {{\"kind\": ...}}") from err
         kind = spec.get("kind") if isinstance(spec, dict) else None
@@ -129,7 +146,12 @@ def load_model(
                 f"{spec_file} declares kind {kind!r}, which has no loader here; known kinds: "
                 f"{', '.join(model_kinds()) or 'none registered'} (is the medsd version that trained it installed?)"
             )
-        model = _KINDS[kind](path, spec, str(resolve_device(device)), resolve_dtype(dtype))
+        check_model_weights(path)
+        try:
+            model = _KINDS[kind](path, spec, str(resolve_device(device)), resolve_dtype(dtype))
+        except LOAD_ERRORS as err:
+            raise MedsdError(f"{kind} model folder {source!r} could not be loaded ({error_detail(err)}); "
+                             "its files are incomplete or damaged: copy the folder again or retrain") from err
     else:
         if path.is_dir():
             source = str(path.resolve())  # an absolute path identifies the model in every image's metadata
@@ -170,23 +192,52 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def apply_lora(model: LoadedModel, lora: str | Path, scale: float = 1.0) -> None:
-    """Load a diffusers-format LoRA (folder or .safetensors file) and fuse it at `scale` for fast sampling."""
+def lora_file(lora: str | Path) -> Path:
+    """The checked safetensors file of a LoRA given as a folder or a file (a pickle .bin is refused)."""
     path = Path(lora).expanduser()
     if path.is_dir():
         path = path / "pytorch_lora_weights.safetensors"
     if not path.is_file():
         raise MedsdError(f"LoRA {str(lora)!r} not found; pass a training output folder or its "
                          "pytorch_lora_weights.safetensors")
+    return check_safetensors(path, "LoRA file")  # before diffusers, which would try to unpickle a .bin
+
+
+def apply_lora(model: LoadedModel, lora: str | Path, scale: float = 1.0) -> None:
+    """Load a diffusers-format LoRA (folder or .safetensors file) and fuse it at `scale` for fast sampling."""
+    path = lora_file(lora)
     if model.pipe is None:
         raise MedsdError(f"LoRA cannot be applied to a {model.kind} model; it needs a diffusers pipeline")
+    pipe = model.pipe
     try:
-        model.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="medsd_lora")
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise MedsdError(f"LoRA {str(path)!r} does not fit model {model.source!r}: {str(err)[:300]}") from err
-    # Fusing removes the per-layer LoRA overhead from every U-Net call of a long sampling run.
-    model.pipe.fuse_lora(lora_scale=scale)
+        state, alphas, metadata = pipe.lora_state_dict(str(path.parent), weight_name=path.name, use_safetensors=True,
+                                                       return_lora_metadata=True)
+        unet_state = {k: v for k, v in state.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
+        if unet_state:
+            pipe.load_lora_into_unet(unet_state, network_alphas=alphas, unet=pipe.unet, adapter_name="medsd_lora",
+                                     _pipeline=pipe, metadata=metadata)
+            # Fusing removes the per-layer LoRA overhead from every U-Net call of a long sampling run.
+            pipe.fuse_lora(components=["unet"], lora_scale=scale)
+        # The text-encoder part goes in with peft directly, not through transformers' PEFT glue (see
+        # medsd.text_encoder_lora): the same weights, without a transformers-peft version check in the way.
+        load_text_encoder_lora(pipe.text_encoder, state, alpha=text_encoder_alpha(alphas, metadata), scale=scale)
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
+        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise MedsdError(f"LoRA {str(path)!r} does not fit model {model.source!r}: {detail}") from err
     model.adapters.append(f"lora:{path}@{scale:g}#{file_digest(path)}")
+
+
+def embeddings_file(item: str | Path) -> tuple[str, str, Path]:
+    """(token or "", file as given, checked path) of an `--embeddings [TOKEN=]FILE` item."""
+    token, _, file = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise MedsdError(f"embeddings file {file!r} not found (expected a learned_embeds.safetensors)")
+    if path.suffix != ".safetensors":
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise pickle_refusal(path, "embeddings file")
+        raise MedsdError(f"embeddings file {file!r} is not .safetensors; pass a learned_embeds.safetensors")
+    return token, file, check_safetensors(path, "embeddings file")
 
 
 def apply_embeddings(model: LoadedModel, item: str | Path) -> list[str]:
@@ -195,17 +246,14 @@ def apply_embeddings(model: LoadedModel, item: str | Path) -> list[str]:
     Keys of the file are the placeholder tokens (diffusers' format; several tokens per file are fine);
     a single `emb_params` tensor needs `TOKEN=FILE`. Each tensor is [n_vectors, hidden] or [hidden].
     """
-    from safetensors.torch import load_file
-
-    token, _, file = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
-    path = Path(file).expanduser()
-    if not path.is_file():
-        raise MedsdError(f"embeddings file {file!r} not found (expected a learned_embeds.safetensors)")
-    if path.suffix != ".safetensors":
-        raise MedsdError(f"embeddings file {file!r} is not .safetensors; only safetensors are read (no pickles)")
+    token, file, path = embeddings_file(item)
     if model.pipe is None:
         raise MedsdError(f"textual-inversion embeddings cannot be applied to a {model.kind} model")
-    state = load_file(str(path))
+    state = load_safetensors(path, "embeddings file")
+    bad = [key for key, tensor in state.items() if tensor.ndim not in (1, 2)]
+    if bad or not state:
+        raise MedsdError(f"embeddings file {file!r} holds no [vectors, width] tensors (keys: {list(state)[:4]}); "
+                         "pass a learned_embeds.safetensors written by textual-inversion training")
     if token:
         if len(state) != 1:
             raise MedsdError(f"{file!r} holds {len(state)} tensors; TOKEN=FILE needs a file with exactly one")
@@ -215,7 +263,7 @@ def apply_embeddings(model: LoadedModel, item: str | Path) -> list[str]:
     tokens, tensors = list(state), [t if t.ndim == 2 else t[None] for t in state.values()]
     try:
         model.pipe.load_textual_inversion(tensors, token=tokens)
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:
         raise MedsdError(f"could not load embeddings {file!r}: {str(err)[:300]}") from err
     model.placeholder_tokens.extend(tokens)
     model.adapters.append(f"ti:{path}[{','.join(tokens)}]#{file_digest(path)}")

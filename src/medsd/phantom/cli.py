@@ -57,8 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_phantom(args: argparse.Namespace) -> int:
     """Render the phantom data set (and optionally a contact sheet); print a one-line summary."""
+    from medsd.files import output_dir, output_file
     from medsd.phantom.render import write_contact_sheet, write_phantom_dataset
 
+    output_dir(args.out, "--out")
+    if args.contact_sheet is not None:
+        output_file(args.contact_sheet, "--contact-sheet")
     manifest = write_phantom_dataset(
         args.out,
         n=args.n,
@@ -78,8 +82,17 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 def run_phantom_classifier(args: argparse.Namespace) -> int:
     """Train the reference classifier and print its per-finding AUC."""
+    from medsd.errors import MedsdError
+    from medsd.files import output_dir
     from medsd.phantom.judge import train_reference_classifier
 
+    sizes = (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--input-size", args.input_size))
+    for name, value in sizes:
+        if value < 1:
+            raise MedsdError(f"{name} must be at least 1, got {value}")
+    if not 0 <= args.val_fraction < 1:
+        raise MedsdError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    output_dir(args.out, "--out")
     metrics = train_reference_classifier(
         args.data,
         args.out,

@@ -9,6 +9,7 @@ generated image carries the finding it was asked for. Weights are saved as ``mod
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import time
@@ -22,7 +23,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from medsd.errors import MedsdError
+from medsd.files import read_text
 from medsd.phantom.render import FINDINGS
+from medsd.weights import load_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +103,24 @@ def save_reference_classifier(model: PhantomClassifier, out_dir: str | Path) -> 
 
 def load_reference_classifier(path: str | Path) -> PhantomClassifier:
     """Load a classifier saved by ``train_reference_classifier`` (a dir with model.safetensors + config.json)."""
-    from safetensors.torch import load_file
-
     d = Path(path)
     if not (d / "model.safetensors").is_file() or not (d / "config.json").is_file():
         raise MedsdError(
             f"phantom classifier: {d} lacks model.safetensors/config.json; train one with "
             "`medsd data phantom-classifier --data DIR --out DIR`"
         )
-    cfg = json.loads((d / "config.json").read_text())
-    if cfg.get("arch") != ARCH:
+    try:
+        cfg = json.loads(read_text(d / "config.json", "phantom classifier config"))
+    except json.JSONDecodeError as err:
+        raise MedsdError(f"phantom classifier: {d}/config.json is not valid JSON ({err}); retrain it") from None
+    if not isinstance(cfg, dict) or cfg.get("arch") != ARCH:
         raise MedsdError(f"phantom classifier: {d}/config.json has arch {cfg.get('arch')!r}, expected {ARCH!r}")
     model = PhantomClassifier(cfg["findings"], cfg["input_size"], cfg["width"])
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    try:
+        model.load_state_dict(load_safetensors(d / "model.safetensors", "phantom classifier weights"))
+    except RuntimeError as err:
+        raise MedsdError(f"phantom classifier: {d}/model.safetensors does not match its config.json "
+                         f"({(str(err).splitlines() or [''])[0][:160]}); retrain the classifier") from None
     return model.eval()
 
 
@@ -128,17 +136,26 @@ def load_phantom_split(
     if not csv_path.is_file():
         raise MedsdError(f"phantom classifier: {csv_path} not found; render a set with `medsd data phantom`")
     names = list(PHANTOM_FINDINGS if findings is None else findings)
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(read_text(csv_path, "phantom label CSV"), newline="")))
     missing = [n for n in names if rows and n not in rows[0]]
     if missing or not rows:
         raise MedsdError(f"phantom classifier: {csv_path} is empty or lacks label columns {missing}")
     images = np.empty((len(rows), 1, input_size, input_size), dtype=np.uint8)
+    readable = np.ones(len(rows), dtype=bool)
     for i, row in enumerate(rows):
-        with Image.open(d / row["Path"]) as im:
-            arr = np.asarray(im.convert("F").resize((input_size, input_size), Image.BILINEAR, reducing_gap=2.0))
-            scale = 65535.0 if im.mode.startswith("I") else 255.0
+        try:
+            with Image.open(d / row["Path"]) as im:
+                arr = np.asarray(im.convert("F").resize((input_size, input_size), Image.BILINEAR, reducing_gap=2.0))
+                scale = 65535.0 if im.mode.startswith("I") else 255.0
+        except (OSError, ValueError) as err:  # one bad file is skipped and reported, not the end of training
+            log.warning("phantom classifier: skipping unreadable image %s (%s)", d / row["Path"], err)
+            readable[i] = False
+            continue
         images[i, 0] = np.clip(np.rint(arr / scale * 255), 0, 255).astype(np.uint8)
+    if not readable.any():
+        raise MedsdError(f"phantom classifier: none of the {len(rows)} images listed in {csv_path} could be read")
+    rows = [row for row, ok in zip(rows, readable, strict=True) if ok]
+    images = images[readable]
     labels = np.array([[float(row[n] or 0) for n in names] for row in rows], dtype=np.float32)
     patients = [row["Path"].split("/")[1] for row in rows]
     return torch.from_numpy(images), torch.from_numpy(labels), patients

@@ -5,6 +5,8 @@ optimizer, the LR scheduler, the EMA, every process's random-number state and th
 batches done in the epoch), so a resumed run draws the same batches and noise and continues the same loss
 curve. It is written to `checkpoint-STEP.tmp/` and renamed into place only once complete: killing the process
 at any moment leaves either the previous checkpoints or a `.tmp` folder that is ignored and later replaced.
+A checkpoint damaged afterwards (a full disk, a broken copy) is found before anything is restored from it:
+`--resume latest` names it and falls back to the newest intact one.
 
 Only safetensors, JSON and `torch.load(weights_only=True)` are read back: nothing is unpickled.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -50,7 +53,11 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
-    """`latest` -> the newest complete checkpoint (None if there is none yet); a path must be a checkpoint."""
+    """`latest` -> the newest intact checkpoint (None if there is none yet); a path must be an intact checkpoint.
+
+    A damaged newest checkpoint (a truncated file, garbage where a tensor file should be) is named in the log and
+    the one before it is used: a disk that filled up or a copy that broke off costs some steps, not the run.
+    """
     if not resume:
         return None
     if resume == "latest":
@@ -58,14 +65,86 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
         if not found:
             log.info("--resume latest: no checkpoint in %s yet, starting from scratch", checkpoints_dir(output_dir))
             return None
-        return found[-1][1]
+        damaged: list[DamagedCheckpoint] = []
+        for _, path in reversed(found):
+            try:
+                check_checkpoint(path)
+            except DamagedCheckpoint as err:
+                log.warning("%s; trying the checkpoint before it", err)
+                damaged.append(err)
+                continue
+            if damaged:
+                log.warning("--resume latest: resuming from %s, the newest intact checkpoint", path)
+            return path
+        raise MedsdError(
+            f"--resume latest: every checkpoint in {checkpoints_dir(output_dir)} is damaged ({damaged[0]}); "
+            "move that folder away to start over"
+        )
     path = Path(resume)
     if not (path / "state.json").is_file():
         raise MedsdError(
             f"--resume {resume}: not a complete checkpoint folder (no state.json); pass `latest` or a "
             f"checkpoint-STEP folder under {checkpoints_dir(output_dir)}"
         )
+    try:
+        check_checkpoint(path)
+    except DamagedCheckpoint as err:
+        raise MedsdError(f"--resume {resume}: {err}; pass `latest` to use the newest intact checkpoint") from None
     return path
+
+
+class DamagedCheckpoint(MedsdError):
+    """A checkpoint with a file that cannot be read back; the message names the file and what is wrong."""
+
+    def __init__(self, folder: Path, file: str, reason: str):
+        super().__init__(f"checkpoint {folder} is damaged: {file} {reason}")
+        self.folder, self.file = folder, file
+
+
+LOOP_KEYS = ("step", "epoch", "batches_in_epoch")
+
+
+def check_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
+    """Read every file of a checkpoint far enough to know it is intact (headers, archive directories, JSON)
+    without loading tensors into memory; returns its loop state, raises DamagedCheckpoint."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpoint(path, "state.json", f"cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), int) for k in LOOP_KEYS):
+        raise DamagedCheckpoint(path, "state.json", f"lacks the loop position ({', '.join(LOOP_KEYS)})")
+    files = [f"rng_{rank}.safetensors" if (path / f"rng_{rank}.safetensors").is_file() else "rng_0.safetensors"]
+    if not (path / "accelerate").is_dir():
+        files += ["trainable.safetensors", "optimizer.pt", "scheduler.pt"]
+        files += ["ema.pt"] if (path / "ema.pt").exists() else []
+    for name in files:
+        _check_file(path, name)
+    rng_meta = files[0].replace(".safetensors", ".json")
+    try:
+        json.loads((path / rng_meta).read_text())["numpy"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DamagedCheckpoint(path, rng_meta, f"cannot be read ({type(err).__name__})") from None
+    return state
+
+
+def _check_file(folder: Path, name: str) -> None:
+    from safetensors import safe_open
+
+    file = folder / name
+    if not file.is_file():
+        raise DamagedCheckpoint(folder, name, "is missing")
+    try:
+        if name.endswith(".safetensors"):
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        else:
+            # mmap: the archive's directory and tensor records are read, the tensor data is not loaded.
+            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read it back means the file is damaged
+        pickled = isinstance(err, pickle.UnpicklingError)
+        kind = "is a pickle holding more than tensors" if pickled else "is truncated or damaged"
+        raise DamagedCheckpoint(folder, name, f"{kind} ({type(err).__name__})") from None
 
 
 def _fsync_tree(path: Path) -> None:

@@ -41,20 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m medsd.train.cli`), handy under `accelerate launch`."""
+    """Stand-alone entry (`python -m medsd.train.cli`), handy under `accelerate launch`: `medsd train ARGS`."""
     import sys
 
-    from medsd.errors import MedsdError
+    from medsd.cli import main as medsd_main
 
-    parser = argparse.ArgumentParser(prog="medsd train")
-    configure(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except MedsdError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return medsd_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from medsd.train.cache import PromptEmbeddingCache
 from medsd.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from medsd.train.config import TrainingConfig
 from medsd.train.methods import Method
+from medsd.train.preflight import check_output_folders, check_sizes_fit_model
 from medsd.train.setup import (
     build_run_method,
     make_ema,
@@ -139,7 +140,16 @@ def train(
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         result.artefacts = _save_artefacts(run.method, run.ema, run.out, cfg)
-        run.writer.close()
+    try:
+        if result.step > step:  # the final validation runs after the artefacts are saved: it cannot lose them
+            _validate(cfg, run.method, result.step, run.out, run.writer, run.ema, run.accelerator, run.weight_dtype)
+    except (MedsdError, ValueError, RuntimeError) as err:
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise MedsdError(f"training finished and its artefacts are saved in {run.out}, but the final validation "
+                         f"failed ({type(err).__name__}: {detail}); check the recipe's `validation:` section") from err
+    finally:
+        if run.accelerator.is_main_process:
+            run.writer.close()
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return result
@@ -164,10 +174,11 @@ def _prepare(cfg: Any, dataset: Dataset | None) -> tuple[Run, str | None]:
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_folders(cfg)
         dump_yaml(cfg, out / "config.yaml")
     weight_dtype = PRECISIONS[tc.mixed_precision]
     method = build_run_method(cfg, accelerator, weight_dtype)
+    check_sizes_fit_model(cfg, method)
 
     if dataset is None:
         from medsd.data.dataset import build_dataset
@@ -354,7 +365,7 @@ def _after_step(run: Run, step: int, loss: float, rate: float, progress: Any,
     if step % tc.checkpointing_steps == 0 or last:
         save_checkpoint(run.out, step, run.method, run.optimizer, run.lr_scheduler, run.ema, position,
                         run.accelerator, tc.checkpoints_total_limit)
-    if step % run.cfg.validation.steps == 0 or last:
+    if step % run.cfg.validation.steps == 0 and not last:  # the last one runs once the artefacts are saved
         _validate(run.cfg, run.method, step, run.out, run.writer, run.ema, run.accelerator, run.weight_dtype)
 
 
