@@ -110,8 +110,12 @@ def load_any_clip_tokenizer(folder: str | Path | None) -> Any:
 
 
 def build_random_model(out_dir: str | Path, arch: str = "sd15", tokenizer: str | Path | None = None,
-                       seed: int = 0) -> Path:
-    """Write a Stable Diffusion folder of architecture `arch` with random weights (float32, safetensors)."""
+                       seed: int = 0, device: str = "cpu") -> Path:
+    """Write a Stable Diffusion folder of architecture `arch` with random weights (float32, safetensors).
+
+    `device` is where the weights are initialised: on a GPU random init takes seconds instead of a minute (the
+    weights then differ from a CPU build with the same seed; both are random).
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from medsd.models import clip_text_encoder, save_model_folder, sd_scheduler
@@ -119,9 +123,10 @@ def build_random_model(out_dir: str | Path, arch: str = "sd15", tokenizer: str |
     spec = get_architecture(arch)
     tok = load_any_clip_tokenizer(tokenizer)
     torch.manual_seed(seed)
-    text_encoder = clip_text_encoder(tok, spec.text)
-    unet = UNet2DConditionModel(sample_size=spec.resolution // 8, **spec.unet)
-    vae = AutoencoderKL(sample_size=spec.resolution, **spec.vae)
+    with torch.device(device):
+        text_encoder = clip_text_encoder(tok, spec.text)
+        unet = UNet2DConditionModel(sample_size=spec.resolution // 8, **spec.unet)
+        vae = AutoencoderKL(sample_size=spec.resolution, **spec.vae)
     scheduler = sd_scheduler(spec.scheduler, spec.prediction_type)
     out = save_model_folder(out_dir, unet, vae, text_encoder, tok, scheduler)
     log.info("wrote random-weight %s model to %s", arch, out)

@@ -138,3 +138,22 @@ def test_model_dtype_float32_keeps_frozen_parts_full_precision(
     assert base and all(p.dtype == torch.float32 for p in base)
     # Under fp16 mixed precision the compute is still half precision.
     assert torch.float16 in dtype_guard.outputs["unet"] and dtype_guard.problems == []
+
+
+def test_dtype_guard_reports_half_weights_meeting_float32_outside_autocast(tiny_model_dir, request):
+    from types import SimpleNamespace
+
+    from medsd.models import load_components
+
+    guard = request.getfixturevalue("dtype_guard")
+    parts = load_components(str(tiny_model_dir))
+    parts.unet.to(torch.float16)
+    guard.attach(SimpleNamespace(components=parts))
+    sample, cond = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 16)
+    with pytest.raises(RuntimeError):  # what the first GPU user would have seen
+        parts.unet(sample, torch.tensor([10]), cond)
+    assert guard.problems and "unet: torch.float32 input to torch.float16 weights outside autocast" in guard.problems[0]
+    guard.problems.clear()
+    with torch.autocast("cpu", dtype=torch.float16):
+        parts.unet(sample, torch.tensor([10]), cond)
+    assert guard.problems == [] and torch.float16 in guard.outputs["unet"]

@@ -151,6 +151,12 @@ class ValidationConfig(StrictModel):
     num_inference_steps: int = Field(20, ge=1, description="Sampler steps per validation image.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
     resolution: int | None = Field(None, ge=8, description="Image side in pixels (None: data.resolution).")
+    max_minutes: float | None = Field(
+        10.0, gt=0,
+        description="Stop a validation pass after about this long, skipping (and naming) the images left; the "
+        "first image is always rendered. A GPU renders a pass in seconds; SD 1.5 on a CPU takes minutes per image. "
+        "None: no limit.",
+    )
 
     @model_validator(mode="after")
     def _seeds_not_empty(self) -> ValidationConfig:

