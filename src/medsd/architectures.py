@@ -109,16 +109,13 @@ def load_any_clip_tokenizer(folder: str | Path | None) -> Any:
     return tokenizer
 
 
-def build_random_model(out_dir: str | Path, arch: str = "sd15", tokenizer: str | Path | None = None,
-                       seed: int = 0, device: str = "cpu") -> Path:
-    """Write a Stable Diffusion folder of architecture `arch` with random weights (float32, safetensors).
-
-    `device` is where the weights are initialised: on a GPU random init takes seconds instead of a minute (the
-    weights then differ from a CPU build with the same seed; both are random).
-    """
+def random_components(arch: str = "sd15", tokenizer: str | Path | None = None, seed: int = 0,
+                      device: str = "cpu") -> dict[str, Any]:
+    """U-Net, VAE, text encoder, tokenizer and scheduler of architecture `arch`, randomly initialised on `device`
+    (`meta` builds the shapes only)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from medsd.models import clip_text_encoder, save_model_folder, sd_scheduler
+    from medsd.models import clip_text_encoder, sd_scheduler
 
     spec = get_architecture(arch)
     tok = load_any_clip_tokenizer(tokenizer)
@@ -127,7 +124,20 @@ def build_random_model(out_dir: str | Path, arch: str = "sd15", tokenizer: str |
         text_encoder = clip_text_encoder(tok, spec.text)
         unet = UNet2DConditionModel(sample_size=spec.resolution // 8, **spec.unet)
         vae = AutoencoderKL(sample_size=spec.resolution, **spec.vae)
-    scheduler = sd_scheduler(spec.scheduler, spec.prediction_type)
-    out = save_model_folder(out_dir, unet, vae, text_encoder, tok, scheduler)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tok,
+            "scheduler": sd_scheduler(spec.scheduler, spec.prediction_type)}
+
+
+def build_random_model(out_dir: str | Path, arch: str = "sd15", tokenizer: str | Path | None = None,
+                       seed: int = 0, device: str = "cpu") -> Path:
+    """Write a Stable Diffusion folder of architecture `arch` with random weights (float32, safetensors).
+
+    `device` is where the weights are initialised: on a GPU random init takes seconds instead of a minute (the
+    weights then differ from a CPU build with the same seed; both are random).
+    """
+    from medsd.models import save_model_folder
+
+    parts = random_components(arch, tokenizer, seed, device)
+    out = save_model_folder(out_dir, **parts)
     log.info("wrote random-weight %s model to %s", arch, out)
     return out

@@ -8,8 +8,8 @@ The artefacts are then loaded as a user would: LoRA (diffusers and kohya files g
 inversion (diffusers and AUTOMATIC1111 files give the same image), full and DreamBooth folders in plain
 diffusers, text-encoder-swap and class-conditional folders through `medsd generate`'s loader.
 
-Slow (minutes per recipe on two CPU cores) and memory-hungry: full fine-tuning of the 860 M U-Net with AdamW
-in float32 needs about 16 GB. Run one at a time:
+The training test is slow (minutes per recipe on two CPU cores) and memory-hungry: full fine-tuning of the
+860 M U-Net with AdamW in float32 needs about 16 GB. Run one at a time:
     pytest --runslow tests/train/test_recipes_real_arch.py
 Set MEDSD_REAL_ARCH_CACHE=DIR to keep the built models (4.3 GB each) between sessions.
 """
@@ -28,8 +28,6 @@ import torch
 
 from medsd.config import RunConfig
 from medsd.config_base import read_yaml, validate
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -115,6 +113,19 @@ def _free_gb() -> float:
     return float("inf")
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_validates_as_shipped_and_as_tested(path, tmp_path):
+    from medsd.config import load_run_config
+
+    shipped = load_run_config(path)
+    tested = for_test(read_yaml(path), tmp_path / "model", tmp_path / "phantom", tmp_path / "out")
+    assert tested.method.name == shipped.method.name
+    assert tested.training.learning_rate == shipped.training.learning_rate
+    assert tested.training.dataloader_num_workers == 0 and tested.data.resolution == RESOLUTION
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_trains_on_the_real_architecture_and_its_artefacts_load(
     path, real_model, phantom_dir, tmp_path, dtype_guard
