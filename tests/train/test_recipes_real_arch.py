@@ -81,9 +81,10 @@ def for_test(recipe: dict[str, Any], model: Path, phantom: Path, out: Path) -> R
     recipe["model"] = {**recipe.get("model", {}), "pretrained": str(model)}
     recipe["output_dir"] = str(out)
     training = recipe.setdefault("training", {})
-    # One small step; workers would fork the 5-16 GB process for 8 cached latents.
+    # One small step, outside any LR warm-up (whose first step has learning rate 0); workers would fork the
+    # 5-16 GB process for 8 cached latents.
     training.update(max_steps=1, batch_size=min(training.get("batch_size", 8), 2), gradient_accumulation_steps=1,
-                    num_epochs=None, dataloader_num_workers=0, cache_dir=str(out / "cache"))
+                    num_epochs=None, lr_warmup_steps=0, dataloader_num_workers=0, cache_dir=str(out / "cache"))
     if not torch.cuda.is_available():
         training["use_8bit_adam"] = False  # bitsandbytes is CUDA-only
         if training.get("mixed_precision") == "fp16":
