@@ -147,17 +147,29 @@ def run_suite(plan: Plan, out: Path, only: str | None, peak_tflops: float | None
 
 
 def _run_worker(out: Path, deadline: float) -> int:
+    """One worker process until it ends (or the deadline passes: killed); prints each case's result as it lands."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(out)]
+    shown = len(read_results(out / "results.jsonl"))
     with open(out / "worker.log", "a") as log:
         worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            return worker.wait(timeout=max(deadline - time.time(), 1) + 30)
-        except subprocess.TimeoutExpired:
+        while worker.poll() is None and time.time() < deadline + 30:
+            time.sleep(1)
+            shown = _show_new(out, shown)
+        if worker.poll() is None:
             worker.kill()
-            worker.wait()
-            return -9
+        code = worker.wait()
+    _show_new(out, shown)
+    return code
+
+
+def _show_new(out: Path, shown: int) -> int:
+    results = read_results(out / "results.jsonl")
+    for record in results[shown:]:
+        numbers = {k: v for k, v in record.items() if k not in ("name", "status", "reason", "model")}
+        print(f"{record['name']}: {_status(record)} {json.dumps(numbers) if numbers else ''}", flush=True)
+    return len(results)
 
 
 def _append(log: Path, record: dict[str, Any]) -> None:
@@ -177,10 +189,15 @@ def worker(out: Path) -> int:
     log = out / "results.jsonl"
     # Imports before the first watchdog starts: a case's limit is for its own work, not for starting Python.
     import diffusers  # noqa: F401
-    import torch  # noqa: F401
+    import torch
 
     import medsd.generate.sampling  # noqa: F401
     import medsd.train.loop  # noqa: F401
+
+    if not torch.cuda.is_available():
+        # One thread on the CPU (smoke): with other processes on the cores, OpenMP threads spin-waiting on each
+        # other turned 50 ms tiny-model steps into 5-45 s ones.
+        torch.set_num_threads(1)
 
     done = {r["name"]: r for r in read_results(log)}
     for case in [c for c in spec["cases"] if c["name"] not in done]:
@@ -452,11 +469,16 @@ def write_report(out: Path) -> str:
             for batch in spec["plan"]["generation_batches"]:
                 generate.append(f"| {runner} | {batch} | {row.get(f's_per_image_batch_{batch}', '-')} | "
                                 f"{row.get('peak_memory_gb', '-')} | {status} |")
-    plan = spec["plan"]
+    plan, env = spec["plan"], _environment()
     title = (f"GPU suite ({'smoke, CPU' if plan['smoke'] else 'SD 1.5 architecture'}): {plan['resolution']} px, "
              f"training batch {plan['batch']} ({plan['warmup_steps']} warm-up + {plan['timed_steps']} timed steps), "
              f"generation {plan['generation_steps']} steps")
-    text = "\n".join([title, "", *train, "", *generate, ""])
+    build = results.get("build", {})
+    setup = (f"Device: {env.get('gpu') or 'CPU'}; torch {env.get('torch')}, CUDA {env.get('cuda')}, diffusers "
+             f"{env.get('diffusers')}. Model: {_status(build) if build else 'not built'}"
+             + (f", U-Net forward {build['unet_forward_gflop_per_image']} GFLOP per image" if build.get(
+                 "unet_forward_gflop_per_image") else "") + ".")
+    text = "\n".join([title, "", setup, "", *train, "", *generate, ""])
     (out / "results.md").write_text(text)
     return text
 
