@@ -497,6 +497,12 @@ def _environment() -> dict[str, Any]:
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "cuda": torch.version.cuda, "gpu": gpu}
 
 
+def _cuda_visible() -> bool:
+    """Asked in a child process, so that this one never holds a CUDA context (the workers' memory is measured)."""
+    probe = [sys.executable, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/gpu_suite", help="results folder (default: runs/gpu_suite)")
@@ -509,6 +515,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker(Path(args.worker))
+    if not args.smoke and not _cuda_visible():
+        print("gpu_suite: no CUDA GPU is visible; the suite measures SD 1.5 at 512 px on a GPU. On a CPU run "
+              "`python benchmarks/gpu_suite.py --smoke` (the test-size model) instead.", file=sys.stderr)
+        return 2
     plan = Plan.smoke_plan() if args.smoke else Plan()
     if args.budget_min is not None:
         plan.budget_s = args.budget_min * 60

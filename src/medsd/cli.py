@@ -27,6 +27,8 @@ GROUPS: dict[str, str] = {
     "evaluate": "Measure synthetic images: FID/KID/PRDC, diversity, faithfulness, augmentation AUC, "
     "memorization, report.",
     "demo": "Run the whole pipeline offline on the phantom with a tiny model (the README's main job).",
+    "env": "Print Python, torch (device), diffusers, transformers, peft and accelerate versions; warn when the "
+    "installed set differs from the tested lock.",
 }
 
 # Where each stage's CLI lives: (module, function) — "register" adds subcommands to a group,
@@ -38,6 +40,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("medsd.generate.cli", "configure"),
     "evaluate": ("medsd.evaluate.cli", "register"),
     "demo": ("medsd.demo", "configure"),
+    "env": ("medsd.env", "configure"),
 }
 
 

@@ -101,3 +101,35 @@ def xray_like_fixture():
 @pytest.fixture(name="write_png")
 def write_png_fixture():
     return write_png
+
+
+def train_generate_report(data: dict, model_dir: Path, out: Path, tokens: list[str], channel_names: list[str]) -> dict:
+    """The rest of the pipeline for a data config: export the real images, train textual inversion on the tiny
+    model for two steps, generate two images per token, evaluate them against the export. Returns what it made."""
+    from medsd.config import RunConfig
+    from medsd.data.config import DataConfig
+    from medsd.data.export import export_samples
+    from medsd.evaluate.suite import ReportInputs, build_report
+    from medsd.generate.api import generate
+    from medsd.train.loop import train
+
+    real = export_samples(DataConfig.model_validate(data), out / "real", split="all")
+    run = RunConfig.model_validate({
+        "output_dir": str(out / "run"), "seed": 0, "model": {"pretrained": str(model_dir), "device": "cpu"},
+        "data": data, "method": {"name": "textual_inversion", "tokens": tokens, "num_vectors": 2},
+        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 5e-3, "lr_warmup_steps": 0,
+                     "checkpointing_steps": 100},
+        "validation": {"prompts": [], "steps": 1000},
+    })
+    trained = train(run)
+    generated = generate(model_dir, tokens, embeddings=[out / "run" / "learned_embeds.safetensors"],
+                         out_dir=out / "generated", num_images=2, steps=2, height=32, width=32, guidance=2.0,
+                         scheduler="ddim", progress=False)
+    metrics = build_report(ReportInputs(real=out / "real", generated=out / "generated", out=out / "report", size=32,
+                                        channel_names=channel_names))
+    return {"real": real, "trained": trained, "generated": generated, "metrics": metrics}
+
+
+@pytest.fixture(name="train_generate_report")
+def train_generate_report_fixture():
+    return train_generate_report

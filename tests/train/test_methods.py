@@ -99,20 +99,58 @@ def test_full_fine_tune_changes_unet_and_text_encoder(tiny_model_dir, shapes, sh
     assert np.isfinite(_render(pipe)).all()
 
 
-def test_lora_bf16_text_encoder_adapters_stay_float32(tiny_model_dir, shapes, shared_cache, tmp_path, recipe):
-    cfg = recipe(tiny_model_dir, tmp_path / "bf16", "lora", max_steps=2, mixed_precision="bf16",
-                 cache_dir=str(shared_cache), cache_latents=False, learning_rate=5e-2)
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_lora_with_text_encoder_loads_in_plain_diffusers_and_medsd(tiny_model_dir, shapes, shared_cache, tmp_path,
+                                                                    recipe, precision):
+    from diffusers import StableDiffusionPipeline
+
+    from medsd.generate.loading import load_model
+
+    out = tmp_path / precision
+    cfg = recipe(tiny_model_dir, out, "lora", max_steps=2, mixed_precision=precision, cache_dir=str(shared_cache),
+                 cache_latents=False, learning_rate=5e-2)
     cfg.method.train_text_encoder = True
+    cfg.method.alpha = 2.0 * cfg.method.rank  # alpha != rank: loaders must read it from the file, not assume it
     result = train_run(cfg, shapes)
     for part in ("unet", "text_encoder"):
         dtypes = {n: p.dtype for n, p in getattr(result.method.components, part).named_parameters()}
+        assert any("lora" in n for n in dtypes), part
         assert all(d == torch.float32 for n, d in dtypes.items() if "lora" in n), part
-        assert any(d == torch.bfloat16 for n, d in dtypes.items() if "lora" not in n), part
+        wanted = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert any(d == wanted for n, d in dtypes.items() if "lora" not in n), part
     assert all(np.isfinite(v) for v in result.losses.values())
-    saved = load_file(str(tmp_path / "bf16" / "pytorch_lora_weights.safetensors"))
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert {k.split(".")[0] for k in saved} == {"unet", "text_encoder"}
-    kohya = load_file(str(tmp_path / "bf16" / "lora_kohya.safetensors"))
-    assert any(k.startswith("lora_te1_") for k in kohya)
+    assert all(v.abs().sum() > 0 for k, v in saved.items() if k.startswith("text_encoder.") and "lora_B" in k)
+    kohya = load_file(str(out / "lora_kohya.safetensors"))
+    assert any(k.startswith("lora_te1_") for k in kohya) or any(k.startswith("lora_te_") for k in kohya)
+
+    # Plain diffusers loads both parts; the text-encoder adapters change the prompt's embedding.
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    ids = pipe.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        base_embedding = pipe.text_encoder(ids)[0]
+    before = _render(pipe)
+    pipe.load_lora_weights(out)
+    with torch.no_grad():
+        assert (pipe.text_encoder(ids)[0] - base_embedding).abs().max() > 1e-4
+    after = _render(pipe)
+    assert np.abs(after - before).max() > 1e-4
+
+    # medsd's own loader (peft directly for the text encoder, fused) computes what diffusers' loaded adapters do,
+    # from the diffusers file and from the kohya file alike.
+    latents, t = torch.randn(1, pipe.unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(1)), 10
+    with torch.no_grad():
+        want_text = pipe.text_encoder(ids)[0]
+        want_noise = pipe.unet(latents, t, want_text).sample
+    for lora in (out, out / "lora_kohya.safetensors"):
+        model = load_model(tiny_model_dir, lora=lora, device="cpu")
+        with torch.no_grad():
+            text = model.pipe.text_encoder(ids)[0]
+            noise = model.pipe.unet(latents, t, want_text).sample
+        torch.testing.assert_close(text, want_text, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(noise, want_noise, atol=1e-5, rtol=1e-4)
 
 
 def train_run(cfg, dataset, **kwargs):

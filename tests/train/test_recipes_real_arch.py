@@ -32,7 +32,8 @@ from medsd.config import RunConfig
 from medsd.config_base import read_yaml, validate
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+# Training recipes: the YAML files of configs/ with a `method` or `training` section (others configure evaluation).
+RECIPES = sorted(path for path in (ROOT / "configs").glob("*.yaml") if {"method", "training"} & set(read_yaml(path)))
 RESOLUTION = 64
 # GB of free memory a recipe's step needs on the CPU (a bit above the peak RSS the test prints): AdamW states
 # of a fully trained U-Net dominate.

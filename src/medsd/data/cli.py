@@ -1,4 +1,4 @@
-"""`medsd data ...` subcommands: phantom (see medsd.phantom.cli), inspect, prepare."""
+"""`medsd data ...` subcommands: phantom (see medsd.phantom.cli), inspect, prepare, export."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from medsd.phantom import cli as phantom_cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the data subcommands (phantom, phantom-classifier, inspect, prepare)."""
+    """Add the data subcommands (phantom, phantom-classifier, inspect, prepare, export)."""
     phantom_cli.register(subparsers)
 
     p = subparsers.add_parser(
@@ -38,6 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: data.workers)")
     add_set_option(p, "data.resolution=128")
     p.set_defaults(func=run_prepare)
+
+    p = subparsers.add_parser(
+        "export",
+        help="Write a recipe's samples as PNG files + labels.csv (the folder `medsd evaluate` reads).",
+        description="Exports what training sees (preprocessed; PI-CAI slices, PCam patches) for evaluation.",
+    )
+    p.add_argument("config", help="YAML recipe with a `data:` section")
+    p.add_argument("--out", required=True, help="output folder (images/ and labels.csv)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "all"], help="default: data.split")
+    p.add_argument("--limit", type=int, default=None, help="export at most this many samples")
+    add_set_option(p, "data.resolution=256")
+    p.set_defaults(func=run_export)
 
 
 def _load(args: argparse.Namespace) -> DataConfig:
@@ -82,4 +94,14 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in report.items() if k not in ("skipped_files", "pathologies")}, indent=2))
     for path, reason in report["skipped_files"][:20]:
         print(f"skipped {path}: {reason}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the PNGs and labels.csv and say how many."""
+    from medsd.data.export import export_samples
+
+    result = export_samples(_load(args), args.out, args.split, args.limit)
+    print(f"wrote {result['written']} images and labels.csv ({', '.join(result['pathologies'])}) to {result['out']}"
+          + (f"; skipped {len(result['skipped'])} unreadable" if result["skipped"] else ""))
     return 0

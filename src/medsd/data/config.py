@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import Field
 
 from medsd.config_base import StrictModel
+from medsd.data.pcam import PcamConfig
+from medsd.data.picai import PicaiConfig
 
-SOURCES = ("chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom")
+SOURCES = ("chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom", "picai", "pcam")
 Uncertainty = Literal["ones", "zeros", "ignore"]
 
 
@@ -51,10 +53,11 @@ class PromptConfig(StrictModel):
 class DataConfig(StrictModel):
     """The `data:` section of every recipe: source, selection, preprocessing, prompts, split and cache."""
 
-    source: Literal["chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom"] = Field(
+    source: Literal["chexpert", "mimic", "nih", "openi", "csv", "folder", "phantom", "picai", "pcam"] = Field(
         "phantom",
         description="Data source kind: chexpert | mimic | nih | openi | csv (images + CSV with a path column) | "
-        "folder (one sub-folder per class) | phantom (folder written by `medsd data phantom`).",
+        "folder (one sub-folder per class) | phantom (folder written by `medsd data phantom`) | picai (PI-CAI "
+        "prostate MRI studies, see data.picai) | pcam (Patch Camelyon HDF5 files, see data.pcam).",
     )
     root: str = Field("data/phantom", description="Image root folder; CSV paths are resolved against it.")
     csv: str | None = Field(
@@ -122,7 +125,9 @@ class DataConfig(StrictModel):
         description="pad: crop to non-zero content, resize the longest edge, zero-pad to square (textual-inversion "
         "recipe); center_crop: resize short side then centre crop; resize_short: same, no content crop.",
     )
-    crop_to_content: bool = Field(True, description="Crop away zero borders first (only for `pad`).")
+    crop_to_content: bool = Field(
+        True, description="Crop away zero borders first (only for `pad`; never for picai and pcam, cropped already)."
+    )
     augment: bool = Field(
         False, description="Light augmentation (small shift/rotate/contrast). Off by default: defeats latent caching."
     )
@@ -140,3 +145,5 @@ class DataConfig(StrictModel):
     )
     cache_dtype: Literal["uint8", "uint16"] = Field("uint8", description="Pixel type of the prepared cache.")
     workers: int = Field(2, ge=1, description="Decoding processes for `medsd data prepare`.")
+    picai: PicaiConfig = Field(default_factory=PicaiConfig, description="Settings of the picai source.")
+    pcam: PcamConfig = Field(default_factory=PcamConfig, description="Settings of the pcam source.")

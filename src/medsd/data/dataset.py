@@ -18,7 +18,7 @@ from medsd.data.config import DataConfig
 from medsd.data.images import UnreadableImage, read_image
 from medsd.data.preprocess import augment, preprocess_image
 from medsd.data.prompts import build_prompt, extract_sections, report_prompt, trim_prompt
-from medsd.data.sources import load_source
+from medsd.data.sources import SAMPLE_READERS, load_source
 from medsd.errors import MedsdError
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ PIXEL_FIELDS = (
     "min_size",
     "max_pixels",
     "cache_dtype",
+    "picai",
+    "pcam",
 )
 MAX_TRIM_WARNINGS = 5
 
@@ -61,6 +63,9 @@ def image_paths(path: str) -> tuple[str | list[str], int | None]:
 
 def read_sample(path: str, cfg: DataConfig) -> torch.Tensor:
     """Decode and preprocess one sample path with the recipe's settings; raises UnreadableImage."""
+    if cfg.source in SAMPLE_READERS:  # already cropped by the source: no content crop
+        array = SAMPLE_READERS[cfg.source](path, cfg)
+        return preprocess_image(array, cfg.resolution, cfg.preprocess, cfg.channels, crop=False)
     files, slice_index = image_paths(path)
     slice_index = cfg.slice_index if slice_index is None else slice_index
     array = read_image(files, slice_index, cfg.slice_axis, cfg.window, cfg.min_size, cfg.max_pixels)
@@ -255,8 +260,10 @@ def select(cfg: DataConfig, split: str) -> MedicalImageDataset:
         else:
             frame = frame[sampling.positive_count(frame, labels) > 0]
         steps.append(("single_label_only" if cfg.single_label_only else "include_no_finding=False", len(frame)))
-    if split != "all":
-        frame = frame[sampling.split_of(frame["patient_id"], cfg.seed, cfg.split_fractions) == split]
+    if split != "all":  # a source's own split (PCam's files) beats the patient-level hash split
+        own = "split" in frame.columns
+        assigned = frame["split"] if own else sampling.split_of(frame["patient_id"], cfg.seed, cfg.split_fractions)
+        frame = frame[assigned == split]
         steps.append((f"split={split}", len(frame)))
     if cfg.n_per_class is not None or cfg.balance != "none":
         frame = sampling.per_class(frame, labels, cfg.n_per_class, cfg.balance, cfg.seed)

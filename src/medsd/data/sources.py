@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medsd.data import pcam, picai
 from medsd.data.config import DataConfig
 from medsd.errors import MedsdError
 
@@ -386,7 +387,11 @@ LOADERS = {
     "csv": load_csv,
     "folder": load_folder,
     "phantom": load_phantom,
+    "picai": lambda cfg, root: SourceData(*picai.study_table(cfg.picai, root)),
+    "pcam": lambda cfg, root: SourceData(*pcam.patch_table(root)),
 }
+# Sources whose sample paths are not image files (a study's volumes and masks, a row of an HDF5 file) decode them
+SAMPLE_READERS = {"picai": picai.read_study, "pcam": pcam.read_patch}
 
 
 def load_source(cfg: DataConfig) -> SourceData:

@@ -20,6 +20,16 @@ def _write_json(result: dict, path: Path | None) -> None:
         print(f"wrote {path}")
 
 
+def _channels_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channels", choices=["auto", "1", "3"], default="auto",
+                        help="1 = greyscale, 3 = colour (histopathology, packed MRI); auto: colour when the real "
+                        "(reference) images are colour, else greyscale as before")
+
+
+def _channels(args: argparse.Namespace) -> int | None:
+    return None if args.channels == "auto" else int(args.channels)
+
+
 def _add_sets(parser: argparse.ArgumentParser, generated: bool = True) -> None:
     parser.add_argument("--real", type=Path, required=True, help="real images: a folder or a CheXpert-style folder")
     if generated:
@@ -27,6 +37,7 @@ def _add_sets(parser: argparse.ArgumentParser, generated: bool = True) -> None:
     parser.add_argument("--size", type=int, default=64, help="resize every image to SIZE x SIZE (default 64)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images per set")
     parser.add_argument("--json", type=Path, default=None, help="write the result here (default: print it)")
+    _channels_option(parser)
 
 
 def _add_weights(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +54,8 @@ def run_fid(args: argparse.Namespace) -> int:
     from medsd.evaluate.fid import compare_features
     from medsd.evaluate.io import load_image_folder
 
-    real, _ = load_image_folder(args.real, args.size, args.limit)
-    gen, _ = load_image_folder(args.generated, args.size, args.limit)
+    real, _ = load_image_folder(args.real, args.size, args.limit, _channels(args))
+    gen, _ = load_image_folder(args.generated, args.size, args.limit, real.shape[1])
     result = {}
     for space in args.space or ["phantom"]:
         extractor = feats.make_extractor(space, args.phantom_classifier, args.inception_weights, args.xrv_weights)
@@ -59,7 +70,7 @@ def run_diversity(args: argparse.Namespace) -> int:
     from medsd.evaluate.diversity import ms_ssim_diversity
     from medsd.evaluate.io import load_image_folder, prompt_groups
 
-    gen, frame = load_image_folder(args.generated, args.size, args.limit)
+    gen, frame = load_image_folder(args.generated, args.size, args.limit, _channels(args))
     _write_json(ms_ssim_diversity(gen, prompt_groups(frame)), args.json)
     return 0
 
@@ -89,8 +100,8 @@ def run_memorization(args: argparse.Namespace) -> int:
     from medsd.evaluate.io import load_image_folder
     from medsd.evaluate.privacy import memorization
 
-    train, _ = load_image_folder(args.train, args.size)
-    gen, _ = load_image_folder(args.generated, args.size, args.limit)
+    train, _ = load_image_folder(args.train, args.size, channels=_channels(args))
+    gen, _ = load_image_folder(args.generated, args.size, args.limit, train.shape[1])
     extractor = None
     if args.space:
         extractor = feats.make_extractor(args.space[0], args.phantom_classifier, args.inception_weights,
@@ -114,11 +125,15 @@ def run_augment(args: argparse.Namespace) -> int:
 
         config = validate(AugmentConfig, apply_overrides({}, args.set).get("augment", {}), "--set")
     findings = [f.strip() for f in args.findings.split(",")]
-    sets = []
-    for path in (args.real, args.synthetic, args.test):
-        images, frame = load_image_folder(path, config.image_size, args.limit)
+    sets, channels = [], _channels(args)
+    for path in (args.real, args.synthetic, args.test, args.val):
+        if path is None:
+            sets.append(None)
+            continue
+        images, frame = load_image_folder(path, config.image_size, args.limit, channels)
+        channels = images.shape[1]  # the real training set decides grey or colour for all sets
         sets.append((images, labels_for(frame, findings)))
-    result = run_augmentation(sets[0], sets[1], sets[2], findings, config)
+    result = run_augmentation(sets[0], sets[1], sets[2], findings, config, val=sets[3])
     print(augmentation_table(result))
     _write_json(result, args.json)
     return 0
@@ -148,7 +163,8 @@ def run_report(args: argparse.Namespace) -> int:
     inputs = ReportInputs(
         real=args.real, generated=args.generated, out=args.out, train=args.train, spaces=args.space,
         phantom_classifier=args.phantom_classifier, inception_weights=args.inception_weights,
-        xrv_weights=args.xrv_weights, size=args.size, limit=args.limit, logs=args.logs,
+        xrv_weights=args.xrv_weights, size=args.size, channels=_channels(args), limit=args.limit, logs=args.logs,
+        channel_names=[n.strip() for n in args.channel_names.split(",")] if args.channel_names else None,
         augmentation_json=args.augmentation, reader_study_json=args.reader_study,
         cosine_threshold=args.cosine_threshold, ssim_threshold=args.ssim_threshold,
     )
@@ -183,6 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE (default: keep)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
     p.add_argument("--json", type=Path, default=None, help="write the result here (default: print it)")
+    _channels_option(p)
     p.set_defaults(func=run_diversity)
 
     p = subparsers.add_parser("faithfulness", help="classifier AUC/accuracy of generated images vs prompt labels")
@@ -203,17 +220,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_weights(p)
     _space_option(p)
     _thresholds(p)
+    _channels_option(p)
     p.set_defaults(func=run_memorization)
 
     p = subparsers.add_parser("augment", help="classifier AUC trained on real, synthetic and mixed data")
     p.add_argument("--real", type=Path, required=True, help="real training images (labelled)")
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic images (labels or prompts)")
     p.add_argument("--test", type=Path, required=True, help="real test images (labelled)")
+    p.add_argument("--val", type=Path, default=None,
+                   help="real validation images (labelled) for augment.selection=best_val; without it a share "
+                   "(augment.val_fraction) of --real is held out")
     p.add_argument("--findings", required=True, help="comma-separated label names, e.g. Cardiomegaly,Edema")
     p.add_argument("--config", type=Path, default=None, help="YAML recipe with an `augment:` section")
     p.add_argument("--set", action="append", default=[], help="override, e.g. augment.runs=5 (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images per set")
     p.add_argument("--json", type=Path, default=None, help="write the result here (default: print it)")
+    _channels_option(p)
     p.set_defaults(func=run_augment)
 
     p = subparsers.add_parser("reader-study", help="blinded real-vs-synthetic kit for a radiologist, and its scorer")
@@ -235,6 +257,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--logs", type=Path, default=None, help="TensorBoard log folder for the loss curve")
     p.add_argument("--augmentation", type=Path, default=None, help="JSON written by `medsd evaluate augment`")
     p.add_argument("--reader-study", type=Path, default=None, help="JSON written by `reader-study --answers`")
+    p.add_argument("--channel-names", default=None,
+                   help="names of colour channels for the per-channel table, e.g. T2W,ADC,DWI (default R,G,B)")
     _add_weights(p)
     _space_option(p)
     _thresholds(p)

@@ -34,7 +34,7 @@ def ms_ssim_settings(size: int) -> tuple[int, tuple[float, ...]]:
 
 
 def pairwise_ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """MS-SSIM of matching pairs ``a[i]``, ``b[i]`` (``[N, 1, H, W]`` in [0, 1]) → ``[N]``."""
+    """MS-SSIM of matching pairs ``a[i]``, ``b[i]`` (``[N, C, H, W]`` in [0, 1], channels averaged) → ``[N]``."""
     size = min(a.shape[-2:])
     kernel, betas = ms_ssim_settings(size)
     if len(betas) < 5:

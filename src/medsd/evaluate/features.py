@@ -1,9 +1,11 @@
 """Feature extractors for FID/KID/PRDC, memorization and faithfulness, in three feature spaces.
 
-Every extractor is a callable ``images [B, 1, H, W] in [0, 1] -> features [B, D]``; each one adapts the
-input (size, channels, value range) to its network. Pretrained Inception-v3 and torchxrayvision weights come
-from the internet, which is not reachable here, so both take a local file and fail with a message naming the
-option when it is missing. Weights are read with safetensors or ``torch.load(weights_only=True)`` only.
+Every extractor is a callable ``images [B, C, H, W] in [0, 1] -> features [B, D]`` (C = 1 grey or 3 colour);
+each one adapts the input (size, channels, value range) to its network: Inception sees colour as colour and
+grey repeated to RGB, the greyscale networks (phantom classifier, torchxrayvision) see luminance.
+Pretrained Inception-v3 and torchxrayvision weights come from the internet, which is not reachable here, so
+both take a local file and fail with a message naming the option when it is missing. Weights are read with
+safetensors or ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -72,6 +74,27 @@ def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int
     return torch.cat(chunks)
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as PIL's convert("L")
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[B, 1 or 3, H, W]`` → ``channels`` channels: grey is repeated to RGB, RGB becomes luminance."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3 and images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1)
+    if channels == 1 and images.shape[1] == 3:
+        return (images * torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)).sum(
+            dim=1, keepdim=True)
+    raise MedsdError(f"images have {images.shape[1]} channels; only 1 (grey) and 3 (RGB) are supported")
+
+
+def input_channels(model: torch.nn.Module, default: int = 1) -> int:
+    """Channels a network takes: those of its first convolution."""
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return first.in_channels if first is not None else default
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
@@ -95,8 +118,10 @@ def load_phantom_classifier(path: str | Path):
 def phantom_extractor(model: torch.nn.Module) -> Extractor:
     """Features of a classifier with ``.features(x)`` (the phantom reference classifier, or any such model)."""
     size = getattr(model, "input_size", None)
+    channels = input_channels(model)
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        x = to_channels(x, channels)
         return model.features(_resize(x, size) if size else x)
 
     return run
@@ -105,8 +130,10 @@ def phantom_extractor(model: torch.nn.Module) -> Extractor:
 def phantom_scorer(model: torch.nn.Module) -> Scorer:
     """Probabilities from a classifier whose ``forward`` returns logits ``[B, F]`` for ``model.findings``."""
     size = getattr(model, "input_size", None)
+    channels = input_channels(model)
 
     def probs(x: torch.Tensor) -> torch.Tensor:
+        x = to_channels(x, channels)
         return torch.sigmoid(model(_resize(x, size) if size else x))
 
     return Scorer(findings=list(model.findings), probs=probs, name="phantom reference classifier")
@@ -131,11 +158,11 @@ def load_inception(weights: str | Path | None) -> torch.nn.Module:
 
 
 def inception_extractor(weights: str | Path | None) -> Extractor:
-    """2048-d pool features of Inception-v3 (grayscale repeated to RGB, uint8 as torch-fidelity expects)."""
+    """2048-d pool features of Inception-v3 (colour as is, grey repeated to RGB; uint8 as torch-fidelity expects)."""
     model = load_inception(weights)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        rgb = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+        rgb = (to_channels(x, 3).clamp(0, 1) * 255).round().to(torch.uint8)
         return model(rgb)[0]
 
     return run
@@ -163,7 +190,7 @@ def load_xrv(weights: str | Path | None) -> torch.nn.Module:
 
 def _xrv_input(x: torch.Tensor) -> torch.Tensor:
     # torchxrayvision models expect 224 px, one channel, values in [-1024, 1024].
-    return _resize(x, 224) * 2048.0 - 1024.0
+    return _resize(to_channels(x, 1), 224) * 2048.0 - 1024.0
 
 
 def xrv_extractor(weights: str | Path | None) -> Extractor:

@@ -1,7 +1,9 @@
 """Load image sets for evaluation: a plain folder, a generation folder, or a CheXpert-style CSV folder.
 
-All measures work on one representation: a float tensor ``[N, 1, H, W]`` in ``[0, 1]`` plus a pandas frame
-with one row per image (column ``file`` = path relative to the folder, and any label/prompt columns).
+All measures work on one representation: a float tensor ``[N, C, H, W]`` in ``[0, 1]`` plus a pandas frame
+with one row per image (column ``file`` = path relative to the folder, and any label/prompt columns). C is 1
+for greyscale sets (chest X-rays: read exactly as before) and 3 for colour ones (histopathology, MRI scans
+packed into RGB), so that colour reaches every measure.
 """
 
 from __future__ import annotations
@@ -68,29 +70,52 @@ def list_images(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame({"file": files})
 
 
-def read_image(path: str | Path, size: int | None) -> torch.Tensor:
-    """One image as float ``[1, H, W]`` in ``[0, 1]`` (grayscale), resized to ``size`` square if given."""
+def is_colour(img: Image.Image) -> bool:
+    """Whether an opened image holds colour; greyscale saved as RGB (equal channels) is not colour."""
+    if img.mode in ("1", "L", "LA", "La", "F") or img.mode.startswith("I"):
+        return False
+    rgb = np.asarray(img.convert("RGB"))
+    return not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+
+
+def read_image(path: str | Path, size: int | None, channels: int | None = 1) -> torch.Tensor:
+    """One image as float ``[C, H, W]`` in ``[0, 1]``, resized to ``size`` square if given.
+
+    ``channels`` 1: greyscale (colour becomes luminance); 3: RGB (grey is repeated); None: as stored
+    (1 for greyscale images, 3 for colour ones).
+    """
     with Image.open(path) as img:
+        if channels is None:
+            channels = 3 if is_colour(img) else 1
         # 16-bit PNGs (mode I;16 / I) keep their full range; convert("L") would clip them at 255
         scale = 65535.0 if img.mode.startswith("I") else 255.0
-        img = img.convert("F") if img.mode.startswith("I") else img.convert("L")
+        grey = img.mode.startswith("I") or channels == 1
+        img = img.convert("F") if img.mode.startswith("I") else img.convert("L" if grey else "RGB")
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.BICUBIC)
         array = np.asarray(img, dtype=np.float32) / scale
-    return torch.from_numpy(array).clamp(0, 1)[None]
+    tensor = torch.from_numpy(array).clamp(0, 1)
+    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    return tensor.expand(channels, -1, -1).contiguous() if tensor.shape[0] != channels else tensor
 
 
 def load_image_folder(
-    path: str | Path, size: int | None, limit: int | None = None
+    path: str | Path, size: int | None, limit: int | None = None, channels: int | None = 1
 ) -> tuple[torch.Tensor, pd.DataFrame]:
-    """Load up to ``limit`` images of a folder as ``Tensor[N, 1, size, size]`` in ``[0, 1]`` and their frame."""
+    """Load up to ``limit`` images of a folder as ``Tensor[N, C, size, size]`` in ``[0, 1]`` and their frame.
+
+    ``channels`` 1 (greyscale) or 3 (RGB) force C; None decides from the set: 3 when any image is colour,
+    else 1. Compare two sets in the channels of the first (the real one defines the modality).
+    """
     root = Path(path)
     frame = list_images(root)
     if limit is not None:
         frame = frame.iloc[:limit].reset_index(drop=True)
     if frame.empty:
         raise MedsdError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTS)})")
-    images = [read_image(root / f, size) for f in frame["file"]]
+    images = [read_image(root / f, size, channels) for f in frame["file"]]
+    if channels is None and any(t.shape[0] == 3 for t in images):  # grey images of a colour set: repeated
+        images = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in images]
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) > 1:
         raise MedsdError(f"images in {root} have different sizes {sorted(shapes)[:3]}; pass a size to resize them")

@@ -3,6 +3,8 @@
 As in the budget paper's blinded comparison, a radiologist labels each case real or synthetic. Images are
 re-encoded to one size and format without any metadata (generated PNGs carry a "synthetic" text chunk), and
 renamed ``case_001.png`` ... in a random order; the key is written to a separate folder to keep from readers.
+All cases share one colour mode, chosen by the real images (greyscale X-rays, colour histopathology or
+packed MRI), so that the file format cannot give a synthetic image away.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from medsd.errors import MedsdError
-from medsd.evaluate.io import list_images
+from medsd.evaluate.io import is_colour, list_images
 
 ANSWER_COLUMNS = ["case", "answer (real/synthetic)", "confidence (1-5)", "comment"]
 
@@ -27,6 +29,11 @@ def _pick(root: Path, n: int, rng: np.random.Generator) -> list[Path]:
     return [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]
 
 
+def _is_colour_file(path: Path) -> bool:
+    with Image.open(path) as img:
+        return is_colour(img)
+
+
 def make_reader_study(
     real_dir: str | Path, synthetic_dir: str | Path, out: str | Path, n_each: int = 25, size: int = 256, seed: int = 0
 ) -> dict[str, Path]:
@@ -35,6 +42,7 @@ def make_reader_study(
     sources = [(p, "real") for p in _pick(Path(real_dir), n_each, rng)]
     sources += [(p, "synthetic") for p in _pick(Path(synthetic_dir), n_each, rng)]
     order = rng.permutation(len(sources))
+    colour = any(_is_colour_file(path) for path, truth in sources if truth == "real")
     out = Path(out)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     (out / "key").mkdir(exist_ok=True)
@@ -43,8 +51,8 @@ def make_reader_study(
         source, truth = sources[index]
         case = f"case_{number:03d}"
         with Image.open(source) as img:
-            # a fresh grayscale image: no text chunks, EXIF or original size can give the source away
-            clean = img.convert("L").resize((size, size), Image.BICUBIC)
+            # a fresh image: no text chunks, EXIF, original size or colour mode can give the source away
+            clean = img.convert("RGB" if colour else "L").resize((size, size), Image.BICUBIC)
             clean.save(out / "cases" / f"{case}.png", optimize=False)
         key_rows.append({"case": case, "truth": truth, "source": str(source)})
     pd.DataFrame(key_rows).to_csv(out / "key" / "key.csv", index=False)
@@ -52,7 +60,7 @@ def make_reader_study(
     sheet["case"] = [r["case"] for r in key_rows]
     sheet.to_csv(out / "answer_sheet.csv", index=False)
     (out / "README.txt").write_text(
-        "Reader study: each image in cases/ is either a real chest X-ray or a synthetic one.\n"
+        "Reader study: each image in cases/ is either a real image or a synthetic one.\n"
         "Fill answer_sheet.csv: answer = real or synthetic, confidence 1 (guess) to 5 (certain).\n"
         "Do not open key/ (the study organiser keeps it).\n"
     )

@@ -37,11 +37,12 @@ def png_base64(image: Image.Image) -> str:
 
 
 def grid_image(images: torch.Tensor, ncols: int = 8, cell: int = 96) -> Image.Image:
-    """Images ``[N, 1, H, W]`` in [0, 1] tiled into one grayscale PIL image, each cell ``cell`` px."""
+    """Images ``[N, C, H, W]`` in [0, 1] tiled into one PIL image (grey for C = 1, RGB for C = 3)."""
     if images.shape[-1] != cell:
         images = torch.nn.functional.interpolate(images.float(), size=(cell, cell), mode="bilinear", antialias=True)
-    grid = make_grid(images.clamp(0, 1), nrow=ncols, padding=2, pad_value=1.0)
-    return Image.fromarray((grid[0].numpy() * 255).round().astype(np.uint8), mode="L")
+    grid = make_grid(images.clamp(0, 1), nrow=ncols, padding=2, pad_value=1.0)  # grey comes back as 3 equal planes
+    pixels = (grid.numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(pixels[0]) if images.shape[1] == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
 
 
 def pairs_image(left: torch.Tensor, right: torch.Tensor, captions: list[str], cell: int = 112,
@@ -49,11 +50,12 @@ def pairs_image(left: torch.Tensor, right: torch.Tensor, captions: list[str], ce
     """(generated, nearest training) pairs, ``per_row`` pairs side by side, a caption above each pair."""
     pair_w, pair_h = 2 * cell + 16, cell + 22
     rows = (len(left) + per_row - 1) // per_row
-    canvas = Image.new("L", (min(per_row, len(left)) * pair_w, rows * pair_h), 255)
+    mode = "L" if left.shape[1] == 1 else "RGB"
+    canvas = Image.new(mode, (min(per_row, len(left)) * pair_w, rows * pair_h), "white")
     draw = ImageDraw.Draw(canvas)
     for index, (a, b, text) in enumerate(zip(left, right, captions, strict=True)):
         x, y = (index % per_row) * pair_w, (index // per_row) * pair_h
-        draw.text((x + 4, y + 4), text, fill=0)
+        draw.text((x + 4, y + 4), text, fill="black")
         canvas.paste(grid_image(torch.stack([a, b]), ncols=2, cell=cell), (x + 2, y + 18))
     return canvas
 

@@ -16,6 +16,7 @@ import torch
 
 from medsd.evaluate import features as feats
 from medsd.evaluate import report as rpt
+from medsd.evaluate.channels import channel_statistics, split_channels
 from medsd.evaluate.diversity import ms_ssim_diversity
 from medsd.evaluate.faithfulness import evaluate_faithfulness
 from medsd.evaluate.fid import compare_features
@@ -38,6 +39,8 @@ class ReportInputs:
     inception_weights: Path | None = None
     xrv_weights: Path | None = None
     size: int = 64
+    channels: int | None = None  # 1 grey, 3 colour; None: colour when the real set is
+    channel_names: list[str] | None = None  # e.g. T2W, ADC, DWI for packed MRI; None: R, G, B
     limit: int | None = None
     logs: Path | None = None
     augmentation_json: Path | None = None
@@ -72,10 +75,12 @@ def _scorer(inputs: ReportInputs, phantom_model) -> feats.Scorer | None:
 
 def compute_metrics(inputs: ReportInputs) -> tuple[dict, dict]:
     """All measures as a JSON-ready dict, plus the tensors the report pictures need."""
-    real, real_frame = load_image_folder(inputs.real, inputs.size, inputs.limit)
-    gen, gen_frame = load_image_folder(inputs.generated, inputs.size, inputs.limit)
+    real, real_frame = load_image_folder(inputs.real, inputs.size, inputs.limit, inputs.channels)
+    channels = real.shape[1]  # the real set defines the modality: generated images are judged in its channels
+    gen, gen_frame = load_image_folder(inputs.generated, inputs.size, inputs.limit, channels)
     metrics: dict = {"sets": {"real": str(inputs.real), "generated": str(inputs.generated), "n_real": len(real),
-                              "n_generated": len(gen), "image_size": inputs.size}, "fid": {}}
+                              "n_generated": len(gen), "image_size": inputs.size, "channels": channels},
+                     "fid": {}}
     phantom_model = inputs.phantom_classifier
     if phantom_model is not None and not isinstance(phantom_model, torch.nn.Module):
         phantom_model = feats.load_phantom_classifier(phantom_model)
@@ -86,6 +91,8 @@ def compute_metrics(inputs: ReportInputs) -> tuple[dict, dict]:
         real_f = feats.extract_features(extractors[space], real)
         gen_f = feats.extract_features(extractors[space], gen)
         metrics["fid"][space] = compare_features(real_f, gen_f, kid_subset=1000)
+    if channels > 1:
+        metrics["channels"] = channel_statistics(real, gen, inputs.channel_names, extractors)
     groups = prompt_groups(gen_frame)
     if any(len(v) > 1 for v in groups.values()):
         metrics["diversity"] = ms_ssim_diversity(gen, groups)
@@ -98,7 +105,7 @@ def compute_metrics(inputs: ReportInputs) -> tuple[dict, dict]:
                 metrics["faithfulness"][name] = evaluate_faithfulness(scorer, images, labels)
     pictures = {"real": real, "generated": gen, "frame": gen_frame, "groups": groups}
     if inputs.train is not None:
-        train, _ = load_image_folder(inputs.train, inputs.size)
+        train, _ = load_image_folder(inputs.train, inputs.size, channels=channels)
         extractor = next(iter(extractors.values()), None)
         metrics["memorization"] = memorization(gen, train, extractor, inputs.cosine_threshold, inputs.ssim_threshold)
         pictures["train"] = train
@@ -126,6 +133,21 @@ def _grid_section(pictures: dict, per_prompt: int = 8, max_prompts: int = 8) -> 
         images = pictures["generated"][indices[:per_prompt]]
         parts.append(rpt.figure(rpt.grid_image(images, ncols=4), f"generated: {prompt}"))
     return rpt.section("Real vs synthetic", '<div class="grid">' + "".join(parts) + "</div>")
+
+
+def _channel_section(metrics: dict, pictures: dict, shown: int = 4) -> str:
+    if "channels" not in metrics:
+        return ""
+    stats = metrics["channels"]
+    spaces = sorted({s for entry in stats["per_channel"].values() for s in entry["fid"]})
+    rows = [[name, _pm(e["real_mean"], e["real_std"]), _pm(e["generated_mean"], e["generated_std"]), e["wasserstein"]]
+            + [e["fid"][s] for s in spaces] for name, e in stats["per_channel"].items()]
+    table = rpt.table(["channel", "real mean ± std", "generated mean ± std", "Wasserstein-1"]
+                      + [f"FID-{s}" for s in spaces], rows)
+    parts = [rpt.figure(rpt.grid_image(split_channels(pictures[key][:shown]), ncols=shown),
+                        f"{key}: one row per channel ({', '.join(stats['names'])})") for key in ("real", "generated")]
+    return rpt.section("Channels (each channel of the packed images on its own)",
+                       table + '<div class="grid">' + "".join(parts) + "</div>")
 
 
 def _faithfulness_section(metrics: dict) -> str:
@@ -209,7 +231,8 @@ def build_report(inputs: ReportInputs) -> dict:
     out = Path(inputs.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    sections = [_fid_section(metrics), _grid_section(pictures), _faithfulness_section(metrics),
+    sections = [_fid_section(metrics), _grid_section(pictures), _channel_section(metrics, pictures),
+                _faithfulness_section(metrics),
                 _diversity_section(metrics), _memorization_section(metrics, pictures),
                 _augmentation_section(metrics), _other_sections(metrics, inputs)]
     (out / "report.html").write_text(rpt.render_html(inputs.title, [s for s in sections if s], metrics["notes"]))

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from medsd.errors import MedsdError
+from medsd.text_encoder_lora import TEXT_ENCODER_PREFIX, load_text_encoder_lora, text_encoder_alpha
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,21 @@ def apply_lora(model: LoadedModel, lora: str | Path, scale: float = 1.0) -> None
                          "pytorch_lora_weights.safetensors")
     if model.pipe is None:
         raise MedsdError(f"LoRA cannot be applied to a {model.kind} model; it needs a diffusers pipeline")
+    pipe = model.pipe
     try:
-        model.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="medsd_lora")
+        state, alphas, metadata = pipe.lora_state_dict(str(path.parent), weight_name=path.name, use_safetensors=True,
+                                                       return_lora_metadata=True)
+        unet_state = {k: v for k, v in state.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
+        if unet_state:
+            pipe.load_lora_into_unet(unet_state, network_alphas=alphas, unet=pipe.unet, adapter_name="medsd_lora",
+                                     _pipeline=pipe, metadata=metadata)
+            # Fusing removes the per-layer LoRA overhead from every U-Net call of a long sampling run.
+            pipe.fuse_lora(components=["unet"], lora_scale=scale)
+        # The text-encoder part goes in with peft directly, not through transformers' PEFT glue (see
+        # medsd.text_encoder_lora): the same weights, without a transformers-peft version check in the way.
+        load_text_encoder_lora(pipe.text_encoder, state, alpha=text_encoder_alpha(alphas, metadata), scale=scale)
     except (ValueError, KeyError, RuntimeError) as err:
         raise MedsdError(f"LoRA {str(path)!r} does not fit model {model.source!r}: {str(err)[:300]}") from err
-    # Fusing removes the per-layer LoRA overhead from every U-Net call of a long sampling run.
-    model.pipe.fuse_lora(lora_scale=scale)
     model.adapters.append(f"lora:{path}@{scale:g}#{file_digest(path)}")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from medsd.text_encoder_lora import add_text_encoder_lora, lora_config
 from medsd.train.methods import Method
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ class LoraFineTune(Method):
     def setup(self, weight_dtype: torch.dtype) -> None:
         """Freeze everything, hold it in `weight_dtype`, add adapters, keep the adapters in float32."""
         from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
 
         c, cfg = self.components, self.cfg
         self.weight_dtype = weight_dtype
@@ -32,15 +32,10 @@ class LoraFineTune(Method):
             module.requires_grad_(False)
             if weight_dtype != torch.float32:
                 module.to(dtype=weight_dtype)
-        c.unet.add_adapter(LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, init_lora_weights="gaussian",
-            target_modules=list(cfg.target_modules),
-        ))
+        c.unet.add_adapter(lora_config(cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout))
         if cfg.train_text_encoder:
-            c.text_encoder.add_adapter(LoraConfig(
-                r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, init_lora_weights="gaussian",
-                target_modules=list(cfg.text_encoder_target_modules),
-            ))
+            add_text_encoder_lora(c.text_encoder, lora_config(cfg.rank, cfg.alpha, cfg.text_encoder_target_modules,
+                                                              cfg.dropout))
         if weight_dtype != torch.float32:
             # Optimizer updates on fp16/bf16 adapters underflow (and fp16 grads cannot be unscaled): the known
             # diffusers pitfall. Keep the small trained matrices in float32; autocast handles the mixed matmuls.
@@ -88,8 +83,11 @@ class LoraFineTune(Method):
             name: convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
             for name, module in self.trainable_modules().items()
         }
+        # The adapter configs travel in the file's metadata, so loaders restore alpha (scale = alpha / rank).
+        configs = {name: module.peft_config["default"].to_dict() for name, module in self.trainable_modules().items()}
         StableDiffusionPipeline.save_lora_weights(
             out_dir, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
+            unet_lora_adapter_metadata=configs["unet"], text_encoder_lora_adapter_metadata=configs.get("text_encoder"),
             safe_serialization=True,
         )
         artefacts = {"lora": str(Path(out_dir) / "pytorch_lora_weights.safetensors")}
