@@ -90,8 +90,11 @@ def for_test(recipe: dict[str, Any], model: Path, phantom: Path, out: Path) -> R
     data = recipe.setdefault("data", {})
     if data.get("source") in ("chexpert", "phantom"):
         data.update(root=str(phantom), csv="train.csv" if data["source"] == "chexpert" else None)
-    else:  # MIMIC-CXR is not here: phantom images, the recipe's prompt settings
-        recipe["data"] = data = {"source": "phantom", "root": str(phantom), "prompt": data.get("prompt", {})}
+    else:  # MIMIC-CXR, PI-CAI, PCam are not here: phantom images, the recipe's prompt settings
+        prompt = dict(data.get("prompt", {}))
+        if prompt.get("source", "labels") not in ("labels", "caption"):
+            prompt["source"] = "labels"  # the phantom has no reports: label prompts go through the same encoder
+        recipe["data"] = data = {"source": "phantom", "root": str(phantom), "prompt": prompt}
     data.update(resolution=RESOLUTION, max_samples=8)
     recipe["model"] = {**recipe.get("model", {}), "pretrained": str(model)}
     recipe["output_dir"] = str(out)
