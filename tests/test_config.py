@@ -20,7 +20,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_good_recipe_and_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "model:\n  pretrained: /some/model\ntraining:\n  max_steps: 5\n  learning_rate: 0.001\n")
-    cfg = load_run_config(path, ["training.max_steps=10", "method.name=full", "model.dtype=bfloat16"])
+    cfg = load_run_config(path, ["training.max_steps=10", "method.name=full", "model.dtype=bfloat16",
+                                 "training.mixed_precision=bf16"])
     assert cfg.training.max_steps == 10
     assert cfg.training.learning_rate == pytest.approx(1e-3)
     assert cfg.method.name == "full"

@@ -76,6 +76,8 @@ def test_device_and_dtype_settings() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(MedsdError, match="no CUDA GPU"):
             resolve_device("cuda")
+    with pytest.raises(MedsdError, match="not one of auto, cpu, cuda"):
+        resolve_device("cdua")
 
 
 def test_tiny_scheduler_never_clips_latents(tiny_model_dir: Path) -> None:
@@ -85,3 +87,61 @@ def test_tiny_scheduler_never_clips_latents(tiny_model_dir: Path) -> None:
     assert parts.noise_scheduler.config.clip_sample is False
     for cls in (DDIMScheduler, DDPMScheduler):
         assert cls.from_pretrained(tiny_model_dir, subfolder="scheduler").config.clip_sample is False
+
+
+# Parameter counts of the public diffusers folders (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-*).
+# The text encoders' counts are for CLIP's 49,408-token vocabulary; ours has the tokenizer's.
+REFERENCE = {
+    "sd15": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480, "width": 768},
+    "sd2-base": {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840, "width": 1024},
+    "sd2-v": {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840, "width": 1024},
+}
+
+
+@pytest.mark.parametrize("arch", list(REFERENCE))
+def test_random_architectures_have_the_published_sizes(arch: str) -> None:
+    from medsd.architectures import random_components
+    from medsd.models import count_parameters
+
+    parts = random_components(arch, device="meta")  # shapes only: no memory, no time
+    ref = REFERENCE[arch]
+    assert count_parameters(parts["unet"]) == ref["unet"]
+    assert count_parameters(parts["vae"]) == ref["vae"]
+    vocab = len(parts["tokenizer"])
+    assert count_parameters(parts["text_encoder"]) == ref["text_encoder"] + (vocab - 49_408) * ref["width"]
+    assert parts["unet"].config.cross_attention_dim == parts["text_encoder"].config.hidden_size == ref["width"]
+    scheduler = parts["scheduler"].config
+    assert scheduler.prediction_type == ("v_prediction" if arch == "sd2-v" else "epsilon")
+    assert scheduler.clip_sample is False and scheduler.beta_schedule == "scaled_linear"
+    assert parts["unet"].config.sample_size == (96 if arch == "sd2-v" else 64)
+
+
+def test_random_model_refuses_a_folder_without_a_clip_tokenizer(tmp_path: Path) -> None:
+    from medsd.architectures import build_random_model
+
+    with pytest.raises(MedsdError, match="no vocab.json"):
+        build_random_model(tmp_path / "model", tokenizer=tmp_path)
+    with pytest.raises(MedsdError, match="sd3"):
+        build_random_model(tmp_path / "model", arch="sd3")
+
+
+@pytest.mark.slow
+def test_random_sd2_v_model_from_the_cli_loads_and_samples_in_plain_diffusers(tmp_path: Path, tiny_model_dir) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from medsd.cli import main
+
+    out = tmp_path / "sd2-v"
+    assert main(["model", "random", "--arch", "sd2-v", "--out", str(out), "--tokenizer", str(tiny_model_dir)]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.unet.config.upcast_attention and pipe.unet.config.use_linear_projection
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a chest x-ray", num_inference_steps=1, height=64, width=64, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_float16_inference_on_the_cpu_is_refused_before_loading(tiny_model_dir: Path) -> None:
+    with pytest.raises(MedsdError, match="float16 on the CPU"):
+        load_pipeline(str(tiny_model_dir), dtype="float16", device="cpu")
+    assert load_pipeline(str(tiny_model_dir), dtype="bfloat16", device="cpu").unet.dtype == torch.bfloat16

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from medsd.config_base import StrictModel, apply_overrides, read_yaml, validate
 from medsd.data.config import DataConfig
+from medsd.errors import MedsdError
 from medsd.models import ModelConfig
 from medsd.train.config import LoraMethod, MethodConfig, TrainingConfig, ValidationConfig
 
@@ -26,5 +27,12 @@ class RunConfig(StrictModel):
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML recipe, apply `--set key.sub=value` overrides and validate it (MedsdError on any problem)."""
+    from medsd.train.precision import check_precision_settings
+
     data = apply_overrides(read_yaml(path), overrides, RunConfig)
-    return validate(RunConfig, data, str(path))
+    cfg = validate(RunConfig, data, str(path))
+    try:
+        check_precision_settings(cfg)
+    except MedsdError as err:
+        raise MedsdError(f"{path}: {err}") from None
+    return cfg

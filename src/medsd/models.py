@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from safetensors import SafetensorError
 
 from medsd.config_base import StrictModel
@@ -29,31 +30,57 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
 class ModelConfig(StrictModel):
     """The `model:` section: which diffusion model to start from and how to hold it in memory."""
 
     pretrained: str = Field(
         "runwayml/stable-diffusion-v1-5",
         description="Hugging Face model id (e.g. stabilityai/stable-diffusion-2-base) or a local diffusers folder "
-        "(e.g. one written by `medsd model tiny`).",
+        "(e.g. one written by `medsd model tiny` or `medsd model random`).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when loading by id.")
     variant: str | None = Field(None, description="Weight variant such as 'fp16' when the repository has one.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Precision of the frozen parts (VAE, frozen text encoder) and of inference."
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="Precision the frozen parts (VAE, frozen U-Net / text encoder) are held in during training: "
+        "auto follows training.mixed_precision (float16 / bfloat16 / float32); float32 keeps them in full "
+        "precision under mixed precision (more memory, no fp16 overflow in the VAE). float16 / bfloat16 must "
+        "match training.mixed_precision. Trained weights are always float32.",
     )
-    device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
+    device: str = Field(
+        "auto",
+        description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'mps'; a device that is not there "
+        "stops the run before any work. Training leaves the choice of GPU to accelerate: select one with "
+        "CUDA_VISIBLE_DEVICES ('cuda:N' is for inference).",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.match(DEVICE_PATTERN, value):
+            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """Turn 'auto' into cuda/mps/cpu; an unavailable device is a MedsdError, not a late CUDA crash."""
+    """Turn 'auto' into cuda/cpu; an unavailable or misspelt device is a MedsdError, not a late crash."""
+    if not re.match(DEVICE_PATTERN, name):
+        raise MedsdError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedsdError(f"model.device={name!r} but no CUDA GPU is visible; use device: cpu or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MedsdError(f"device {name!r} was asked for but no CUDA GPU is visible (torch.cuda.is_available() "
+                             "is False); use device cpu or auto, or check the driver and CUDA_VISIBLE_DEVICES")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MedsdError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MedsdError(f"device {name!r} was asked for but MPS (Apple GPU) is not available; use cpu or auto")
     return device
 
 
@@ -156,14 +183,24 @@ def load_pipeline(
     from diffusers import StableDiffusionPipeline
 
     _check_local(source)
+    target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    check_inference_precision(target, torch_dtype)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=resolve_dtype(dtype), revision=revision, variant=variant,
+            source, torch_dtype=torch_dtype, revision=revision, variant=variant,
             safety_checker=None, requires_safety_checker=False,
         )
     except LOAD_ERRORS as err:
         raise _load_error(source, err) from err
-    return pipe.to(resolve_device(device))
+    return pipe.to(target)
+
+
+def check_inference_precision(device: torch.device, dtype: torch.dtype) -> None:
+    """float16 on a CPU is refused: CPUs have no fast fp16 kernels (a 3x3 convolution of 128 channels at 64 px
+    took 14 s in float16 against 0.05 s in bfloat16 here), so a pipeline would seem to hang."""
+    if device.type == "cpu" and dtype == torch.float16:
+        raise MedsdError("float16 on the CPU runs hundreds of times slower than bfloat16 (no fp16 kernels); use "
+                         "dtype float32 or bfloat16 on a CPU, float16 on a CUDA GPU")
 
 
 # Sizes: "test" follows diffusers' own unit-test models (builds in about a second, a step well under one);
@@ -207,22 +244,17 @@ def tiny_unet(size: str, sample_size: int | None = None, cross_attention_dim: in
 
 def build_tiny_model(out_dir: str | Path, size: Literal["test", "demo"] = "test", seed: int = 0) -> Path:
     """Build a tiny SD-architecture model offline and save it as a diffusers StableDiffusionPipeline folder."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL
 
-    from medsd.tokenizer import BOS, EOS, MAX_LENGTH, load_clip_tokenizer
+    from medsd.tokenizer import load_clip_tokenizer
 
     if size not in TINY_SIZES:
         raise MedsdError(f"tiny model size {size!r} is not one of {', '.join(TINY_SIZES)}")
     spec = TINY_SIZES[size]
     torch.manual_seed(seed)
     tokenizer = load_clip_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=MAX_LENGTH, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS), eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        pad_token_id=tokenizer.pad_token_id, projection_dim=spec["text"]["hidden_size"], **spec["text"],
-    )
-    text_encoder = CLIPTextModel(text_config)
+    text = {**spec["text"], "projection_dim": spec["text"]["hidden_size"], "hidden_act": "quick_gelu"}
+    text_encoder = clip_text_encoder(tokenizer, text)
     unet = tiny_unet(size, cross_attention_dim=spec["text"]["hidden_size"])
     levels = len(spec["vae"]["block_out_channels"])
     vae = AutoencoderKL(
@@ -230,24 +262,58 @@ def build_tiny_model(out_dir: str | Path, size: Literal["test", "demo"] = "test"
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
         **spec["vae"],
     )
-    # Same noise schedule as SD 1.x, so recipes and schedulers behave as on real weights.
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    out = save_model_folder(out_dir, unet, vae, text_encoder, tokenizer, sd_scheduler("PNDMScheduler"))
+    log.info("wrote tiny %s model to %s", size, out)
+    return out
+
+
+def clip_text_encoder(tokenizer: Any, text: dict[str, Any]) -> torch.nn.Module:
+    """A randomly initialised CLIPTextModel whose vocabulary and special-token ids are the tokenizer's."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from medsd.tokenizer import BOS, EOS, MAX_LENGTH
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=MAX_LENGTH, layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS), eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        pad_token_id=tokenizer.pad_token_id, **text,
     )
-    # As in SD's own scheduler config: samplers built from it (DDIM, DDPM) must not clip the predicted x0 to
+    return CLIPTextModel(config)
+
+
+def sd_scheduler(kind: str = "PNDMScheduler", prediction_type: str = "epsilon") -> Any:
+    """The sampler a Stable Diffusion folder ships (PNDM for SD 1.x / 2 base, DDIM for 2.x 768-v), SD's schedule."""
+    import inspect
+
+    import diffusers
+
+    settings = {
+        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+        "steps_offset": 1, "set_alpha_to_one": False, "skip_prk_steps": True, "prediction_type": prediction_type,
+    }
+    cls = getattr(diffusers, kind)
+    accepted = inspect.signature(cls.__init__).parameters
+    scheduler = cls(**{key: value for key, value in settings.items() if key in accepted})
+    # As in SD's own scheduler configs: samplers built from it (DDIM, DDPM) must not clip the predicted x0 to
     # [-1, 1], which is right for pixels but posterizes latents (their std is ~1 after scaling).
     scheduler.register_to_config(clip_sample=False)
+    return scheduler
+
+
+def save_model_folder(out_dir: str | Path, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any,
+                      scheduler: Any) -> Path:
+    """Save the parts as a diffusers StableDiffusionPipeline folder (no safety checker) that plain diffusers loads."""
+    from diffusers import StableDiffusionPipeline
+
+    from medsd.tokenizer import save_tokenizer
+
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     out_dir = Path(out_dir)
-    pipe.save_pretrained(out_dir)
-    from medsd.tokenizer import save_tokenizer
-
+    pipe.save_pretrained(out_dir, safe_serialization=True)
     save_tokenizer(tokenizer, out_dir / "tokenizer")
-    log.info("wrote tiny %s model to %s", size, out_dir)
     return out_dir
 
 

@@ -83,3 +83,91 @@ def recipe():
 def shapes_factory():
     """Build a ShapesDataset with other sizes."""
     return ShapesDataset
+
+
+@pytest.fixture
+def cuda_fp16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make accelerate treat `mixed_precision=fp16` on the CPU as it does on a CUDA GPU: autocast to float16 around
+    the forward passes and a GradScaler on the loss, so the fp16 path of every method runs here, GPU or not.
+
+    (accelerate itself skips both on the CPU, which is why medsd refuses fp16 there; CPU autocast does support
+    float16, so the emulation computes what a GPU would, only slower.)
+    """
+    import accelerate
+
+    class CudaLikeAccelerator(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.state.mixed_precision == "fp16" and self.device.type == "cpu":
+                self.native_amp = True
+                self.scaler = torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(accelerate, "Accelerator", CudaLikeAccelerator)
+
+
+class DtypeGuard:
+    """Hooks at the boundaries of the U-Net, the VAE encoder / decoder and the text encoder of a run.
+
+    A module whose weights are in one floating type must get floating inputs of that type unless autocast is on
+    (otherwise: "mat1 and mat2 must have the same dtype"); every violation is recorded in `problems`, and the
+    output dtype of every call in `outputs[name]`, so a test can also see that the compute really ran in half
+    precision; `weights[name]` holds the dtypes its weights had when it ran.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.outputs: dict[str, set[torch.dtype]] = {}
+        self.weights: dict[str, set[torch.dtype]] = {}  # dtype of each module's weights when it ran
+
+    def attach(self, method) -> None:
+        c = method.components
+        parts = {"unet": c.unet, "text_encoder": c.text_encoder, "vae.encoder": getattr(c.vae, "encoder", None),
+                 "vae.decoder": getattr(c.vae, "decoder", None)}
+        for name, module in parts.items():
+            if module is not None:
+                module.register_forward_pre_hook(self._check(name), with_kwargs=True)
+                # accelerate casts a prepared module's outputs back to float32: the U-Net's compute dtype is
+                # read at its first layer instead.
+                watched = module.conv_in if name == "unet" else module
+                watched.register_forward_hook(self._record(name))
+
+    def _check(self, name: str):
+        def hook(module, args, kwargs):
+            weight = next((p for p in module.parameters() if p.is_floating_point()), None)
+            if weight is None:
+                return
+            self.weights.setdefault(name, set()).add(weight.dtype)
+            if torch.is_autocast_enabled(weight.device.type):
+                return
+            # The U-Net's boundary: the noisy sample and the conditioning (timesteps are cast inside diffusers).
+            inputs = [args[0] if args else kwargs.get("sample"), kwargs.get("encoder_hidden_states")]
+            if name == "unet" and len(args) > 2:
+                inputs.append(args[2])
+            for x in inputs:
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
+                    self.problems.append(f"{name}: {x.dtype} input to {weight.dtype} weights outside autocast")
+        return hook
+
+    def _record(self, name: str):
+        def hook(module, args, output):
+            first = output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", output)
+            if isinstance(first, torch.Tensor):
+                self.outputs.setdefault(name, set()).add(first.dtype)
+        return hook
+
+
+@pytest.fixture
+def dtype_guard(monkeypatch: pytest.MonkeyPatch) -> DtypeGuard:
+    """A DtypeGuard attached to the modules of every run the test trains (after the method's setup)."""
+    import medsd.train.loop as loop
+
+    guard = DtypeGuard()
+    build = loop.build_run_method
+
+    def build_and_guard(*args, **kwargs):
+        method = build(*args, **kwargs)
+        guard.attach(method)
+        return method
+
+    monkeypatch.setattr(loop, "build_run_method", build_and_guard)
+    return guard

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medsd.config_base import StrictModel
 from medsd.train.method_configs import (
@@ -59,8 +59,9 @@ class TrainingConfig(StrictModel):
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no",
-        description="accelerate mixed precision. Frozen parts are held in this precision; trained weights stay "
-        "float32 (LoRA parameters are upcast for fp16).",
+        description="Compute precision (accelerate autocast): no, fp16 (CUDA GPUs; a CPU run stops with a "
+        "message) or bf16 (Ampere+ GPUs and CPUs). Frozen parts are held in it unless model.dtype says float32; "
+        "trained weights stay float32 (LoRA adapters are upcast).",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward: less memory, ~30% slower."
@@ -99,6 +100,12 @@ class TrainingConfig(StrictModel):
     checkpointing_steps: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = Field(3, ge=1, description="Keep only the newest K checkpoints.")
     log_every: int = Field(1, ge=1, description="Write train/loss and train/lr to TensorBoard every N steps.")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _unquoted_no(cls, value: object) -> object:
+        """YAML reads an unquoted `mixed_precision: no` as the boolean false; it means "no"."""
+        return "no" if value is False else value
 
 
 class LoraMethod(StrictModel):
@@ -144,6 +151,12 @@ class ValidationConfig(StrictModel):
     num_inference_steps: int = Field(20, ge=1, description="Sampler steps per validation image.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
     resolution: int | None = Field(None, ge=8, description="Image side in pixels (None: data.resolution).")
+    max_minutes: float | None = Field(
+        10.0, gt=0,
+        description="Stop a validation pass after about this long, skipping (and naming) the images left; the "
+        "first image is always rendered. A GPU renders a pass in seconds; SD 1.5 on a CPU takes minutes per image. "
+        "None: no limit.",
+    )
 
     @model_validator(mode="after")
     def _seeds_not_empty(self) -> ValidationConfig:

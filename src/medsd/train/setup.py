@@ -18,10 +18,17 @@ log = logging.getLogger(__name__)
 
 
 def build_run_method(cfg: Any, accelerator: Any, weight_dtype: torch.dtype) -> Method:
-    """Load the model, let the method freeze/adapt it, then apply the speed settings."""
+    """Check device and precision, load the model, let the method freeze/adapt it, apply the speed settings.
+
+    `weight_dtype` is the compute precision (training.mixed_precision); the frozen parts are held in
+    `model.dtype` (`auto`: the same), see `medsd.train.precision`.
+    """
     from medsd.models import load_components
+    from medsd.train.precision import check_run_device, frozen_weight_dtype
 
     m = cfg.model
+    check_run_device(cfg, accelerator)
+    frozen_dtype = frozen_weight_dtype(m.dtype, cfg.training.mixed_precision)
     components = load_components(m.pretrained, dtype="float32", revision=m.revision, variant=m.variant)
     if cfg.training.prediction_type is not None:
         components.noise_scheduler.register_to_config(prediction_type=cfg.training.prediction_type)
@@ -29,7 +36,7 @@ def build_run_method(cfg: Any, accelerator: Any, weight_dtype: torch.dtype) -> M
         module.to(accelerator.device)
     method = build_method(cfg.method, components, cfg.training)
     method.output_dir = Path(cfg.output_dir)
-    method.setup(weight_dtype)
+    method.setup(frozen_dtype)
     apply_speed_settings(method, cfg.training, accelerator)
     return method
 
