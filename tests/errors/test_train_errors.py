@@ -23,8 +23,6 @@ CASES = [
     ("unknown-section", lambda k: train(k, k.recipe({**k.good_recipe(), "trainig": {"max_steps": 2}})),
      ("trainig", "unknown key")),
     ("unknown-method", lambda k: train(k, good(k, method={"name": "hypernetwork"})), ("method", "hypernetwork")),
-    ("mixed-precision-unquoted-no", lambda k: train(k, k.recipe("training:\n  mixed_precision: no\n")),
-     ("mixed_precision", "quote")),
     ("learning-rate-nan", lambda k: train(k, good(k, training={"learning_rate": float("nan")})),
      ("training.learning_rate",)),
     ("max-steps-zero", lambda k: train(k, good(k), "--set", "training.max_steps=0"), ("training.max_steps",)),

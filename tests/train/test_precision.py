@@ -120,6 +120,8 @@ def test_misspelt_device_and_clashing_dtype_fail_at_load(tiny_model_dir, tmp_pat
         load_run_config(path, ["model.dtype=bfloat16"])
     # Unquoted YAML `no` is the boolean false: it still means no mixed precision.
     assert load_run_config(path, ["training.mixed_precision=no"]).training.mixed_precision == "no"
+    unquoted = recipe(tiny_model_dir, tmp_path / "run", "lora", mixed_precision=False)  # as YAML reads `no`
+    assert load_run_config(dump_yaml(unquoted, tmp_path / "unquoted.yaml")).training.mixed_precision == "no"
     assert load_run_config(path, ["model.dtype=float32", "training.mixed_precision=fp16"]).model.dtype == "float32"
 
 
