@@ -160,8 +160,9 @@ def run_pairs(args: argparse.Namespace, method: str) -> list[dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
            "TOKENIZERS_PARALLELISM": "false"}
-    if args.threads:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.threads:  # torch.compile's compiler workers too, when a --set turns compilation on
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+                   TORCHINDUCTOR_COMPILE_THREADS=str(args.threads))
     builders = {"medsd": medsd_command, "peer": peer_command}
     runs = []
     for pair in range(args.pairs):
