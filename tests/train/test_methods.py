@@ -34,7 +34,7 @@ def test_lora_trains_only_adapters_and_loads_in_diffusers(tiny_model_dir, shapes
 
     out = tmp_path / "lora"
     cfg = recipe(tiny_model_dir, out, "lora", max_steps=3, checkpointing_steps=3, learning_rate=5e-2,
-                      cache_dir=str(shared_cache))
+                      cache_dir=str(shared_cache), log_every=1)
     cfg.validation.prompts = [PROMPT]
     cfg.validation.num_inference_steps = 2
     base = load_file(str(tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"))

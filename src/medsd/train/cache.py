@@ -114,6 +114,27 @@ class LatentCache(Dataset):
             item["labels"] = torch.from_numpy(self.labels[index])
         return item
 
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        """A whole batch, already collated (DataLoader calls this instead of one `__getitem__` per sample).
+
+        One fancy-indexed read of the memory map per batch instead of a Python loop over samples and a stack:
+        the same tensors as `default_collate` of the items, in the order of `indices`.
+        """
+        rows = np.asarray(indices, dtype=np.int64)
+        batch: dict[str, Any] = {
+            "latent_params": torch.from_numpy(self.params[rows].astype(np.float32)),
+            "prompt": [self.prompts[i] for i in indices],
+            "index": torch.from_numpy(rows),
+        }
+        if self.labels is not None:
+            batch["labels"] = torch.from_numpy(self.labels[rows])
+        return batch
+
+    @staticmethod
+    def collate(batch: dict[str, Any]) -> dict[str, Any]:
+        """The DataLoader's `collate_fn`: `__getitems__` has collated the batch already."""
+        return batch
+
 
 def _barrier(accelerator: Any) -> None:
     if accelerator is not None:

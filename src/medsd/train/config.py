@@ -71,7 +71,12 @@ class TrainingConfig(StrictModel):
     )
     allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
     channels_last: bool = Field(False, description="channels_last memory format for the U-Net (faster on GPUs).")
-    compile: bool = Field(False, description="torch.compile the U-Net (slow first step, faster after; GPU).")
+    compile: bool | Literal["blocks"] = Field(
+        False,
+        description="torch.compile the U-Net: true compiles all of it, \"blocks\" only its repeated transformer "
+        "blocks (diffusers' regional compilation: a fraction of the compile time for part of the gain). The first "
+        "step pays the compilation (minutes on a CPU, cached on disk for later runs); see docs/training.md.",
+    )
     ema: bool = Field(
         False, description="Keep an exponential moving average of the trained weights; saved weights use it."
     )
@@ -99,7 +104,12 @@ class TrainingConfig(StrictModel):
     )
     checkpointing_steps: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = Field(3, ge=1, description="Keep only the newest K checkpoints.")
-    log_every: int = Field(1, ge=1, description="Write train/loss and train/lr to TensorBoard every N steps.")
+    log_every: int = Field(
+        10, ge=1,
+        description="Every N steps, read the step losses back from the device (one wait for all of them), stop on "
+        "NaN / inf, write train/loss, train/lr and images/s to TensorBoard and refresh the progress bar. Checkpoints, "
+        "validation, the last step and `callbacks` read too.",
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -125,6 +135,12 @@ class LoraMethod(StrictModel):
         description="Text-encoder module names that get adapters when train_text_encoder is on.",
     )
     export_kohya: bool = Field(True, description="Also write lora_kohya.safetensors (kohya / A1111 key names).")
+    merged_forward_max_features: int = Field(
+        320, ge=0,
+        description="Train adapted layers with at most this many input and output features as one matmul with "
+        "W + (alpha/rank)·B·A instead of W·x + B·(A·x): the same result in fewer, larger operations, faster on "
+        "small layers and slower on wide ones (measured on CPU; docs/training.md). 0 turns it off.",
+    )
 
 
 class FullMethod(StrictModel):

@@ -9,7 +9,8 @@ or encoded on the fly), then for every batch
     4. pred     <- unet(noisy, t, cond)
     5. loss     <- method.loss(pred, target = noise | velocity, min-SNR weights)
     6. backward, clip, optimizer / LR step (accelerate handles precision, accumulation, processes)
-    7. method.after_step(), EMA, log, checkpoint, validate
+    7. method.after_step(), EMA; every `log_every` steps (and before a checkpoint, a validation or the end)
+       read the losses back from the device at once, stop on NaN / inf, log; checkpoint, validate
 
 Everything method-specific sits behind `medsd.train.methods.Method`; the set-up helpers live in
 `medsd.train.setup` and the arithmetic of steps 1-5 in `medsd.train.step`.
@@ -36,8 +37,10 @@ from medsd.train.checkpoint import load_checkpoint, resolve_resume, save_checkpo
 from medsd.train.config import TrainingConfig
 from medsd.train.methods import Method
 from medsd.train.preflight import check_output_folders, check_sizes_fit_model
+from medsd.train.report import UnreadLosses, log_losses, tensorboard_writer
 from medsd.train.setup import (
     build_run_method,
+    compile_unet,
     make_ema,
     make_lr_scheduler,
     make_optimizer,
@@ -46,7 +49,7 @@ from medsd.train.setup import (
     text_cache,
     training_data,
 )
-from medsd.train.step import check_finite, diffusion_loss
+from medsd.train.step import diffusion_loss
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ class Run:
     weight_dtype: torch.dtype
     writer: Any = None
     fitted_steps: int | None = None  # max_steps after fitting the schedule to max_minutes (None: not fitted)
+    # The trained parameters, listed once: walking every module's parameters costs milliseconds per step.
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
@@ -122,7 +127,8 @@ def train(
 ) -> TrainResult:
     """Train `cfg.method` on `dataset` (default: `build_dataset(cfg.data, split="train")`) and save artefacts.
 
-    `resume` is `latest` or a checkpoint folder. `callbacks(step, loss)` run after every optimizer step.
+    `resume` is `latest` or a checkpoint folder. `callbacks(step, loss)` run after every optimizer step (and so
+    make the loop read the loss back from the device every step instead of every `training.log_every` steps).
     """
     run, cache_note = _prepare(cfg, dataset)
     step, epoch, skip = _resume(run, resume)
@@ -192,6 +198,7 @@ def _prepare(cfg: Any, dataset: Dataset | None) -> tuple[Run, str | None]:
     sampler = EpochSampler(len(train_data), cfg.seed)
     loader = DataLoader(
         train_data, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.dataloader_num_workers,
+        collate_fn=getattr(train_data, "collate", None),  # the latent cache reads a whole batch at once
         drop_last=len(train_data) >= tc.batch_size * accelerator.num_processes,
         pin_memory=accelerator.device.type == "cuda", persistent_workers=tc.dataloader_num_workers > 0,
         # Its own generator: starting an iterator draws a worker seed, which must not consume the global RNG
@@ -204,15 +211,18 @@ def _prepare(cfg: Any, dataset: Dataset | None) -> tuple[Run, str | None]:
     steps_per_epoch = math.ceil(len(loader) / tc.gradient_accumulation_steps)
     max_steps = tc.num_epochs * steps_per_epoch if tc.num_epochs else tc.max_steps
     lr_scheduler = accelerator.prepare(make_lr_scheduler(tc, optimizer, max_steps, accelerator.num_processes))
+    prepared = dict(zip(names, models, strict=True))
     if tc.compile:
-        models[names.index("unet")] = torch.compile(models[names.index("unet")])
-    method.bind(dict(zip(names, models, strict=True)))
+        # A frozen U-Net (textual inversion) is compiled too: it is where the step's time goes.
+        prepared["unet"] = compile_unet(prepared.get("unet", method.components.unet), tc.compile, accelerator)
+        models = [prepared[name] for name in names]
+    method.bind(prepared)
     for m in method.trainable_modules().values():
         m.train()
     ema = make_ema(method, tc, accelerator)
-    writer = _writer(out) if accelerator.is_main_process else None
+    writer = tensorboard_writer(out) if accelerator.is_main_process else None
     run = Run(cfg, accelerator, method, models, loader, sampler, optimizer, lr_scheduler, ema,
-              text_cache(tc, method), max_steps, weight_dtype, writer)
+              text_cache(tc, method), max_steps, weight_dtype, writer, trainable=method.trainable_parameters())
     log.info("%s; %d samples, %d steps (%d per epoch), %d images per step", method.describe(), len(train_data),
              max_steps, steps_per_epoch, run.images_per_step)
     return run, cache_note
@@ -240,13 +250,17 @@ def _resume(run: Run, resume: str | None) -> tuple[int, int, int]:
 
 def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
                  callbacks: Sequence[Callable[[int, float], None]]) -> None:
-    """Epochs of micro-batches until `max_steps` optimizer steps; updates `result.step` and `result.losses`."""
+    """Epochs of micro-batches until `max_steps` optimizer steps; updates `result.step` and `result.losses`.
+
+    Each step's loss stays on the device until the next read (`medsd.train.report`).
+    """
     from tqdm.auto import tqdm
 
     tc, accelerator, method = run.cfg.training, run.accelerator, run.method
     progress = tqdm(total=run.max_steps, initial=result.step, desc="train",
                     disable=not accelerator.is_local_main_process)
-    step_loss, started, first_step = 0.0, time.perf_counter(), result.step
+    step_loss, started, first_step = None, time.perf_counter(), result.step
+    unread = UnreadLosses()
     # A resumed run keeps the length fitted before; a fresh one fits its schedule to max_minutes as it goes.
     fit = _ScheduleFit(run.max_steps, first_step, started, done=len(FIT_AT) if run.fitted_steps is not None else 0)
     try:
@@ -262,27 +276,34 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
                         if loss is None:
                             loss = diffusion_loss(method, batch, method.components.noise_scheduler, tc,
                                                   run.encode_text, accelerator)
-                    value = check_finite(loss, accelerator, result.step, run.out)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and tc.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(method.trainable_parameters(), tc.max_grad_norm)
+                        accelerator.clip_grad_norm_(run.trainable, tc.max_grad_norm)
                     run.optimizer.step()
                     run.lr_scheduler.step()
                     run.optimizer.zero_grad(set_to_none=True)
                 batches += 1
-                step_loss += value / tc.gradient_accumulation_steps
+                micro = loss.detach().float() / tc.gradient_accumulation_steps
+                step_loss = micro if step_loss is None else step_loss + micro
                 if not accelerator.sync_gradients:
                     continue
                 result.step += 1
-                result.losses[result.step] = step_loss
-                step_loss = 0.0
-                rate = run.images_per_step * (result.step - first_step) / max(time.perf_counter() - started, 1e-9)
+                unread.add(result.step, step_loss)
+                step_loss = None
                 _fit_to_time(run, fit, result.step, time.perf_counter())
                 progress.total = run.max_steps
                 if _out_of_time(tc, started, accelerator):
                     log.info("training.max_minutes=%s reached: stopping at step %d", tc.max_minutes, result.step)
                     run.max_steps = progress.total = result.step
-                _after_step(run, result.step, result.losses[result.step], rate, progress, callbacks,
+                if (callbacks or result.step % tc.log_every == 0 or _checkpoint_due(run, result.step)
+                        or _validation_due(run, result.step)):
+                    read = unread.read(accelerator, run.out)
+                    result.losses.update(read)
+                    rate = run.images_per_step * (result.step - first_step) / max(time.perf_counter() - started, 1e-9)
+                    log_losses(run.writer, progress, read, tc.log_every, run.max_steps,
+                               run.lr_scheduler.get_last_lr()[0], rate)
+                progress.update(1)
+                _after_step(run, result, callbacks,
                             {"epoch": epoch, "batches_in_epoch": batches, "fitted_max_steps": run.fitted_steps})
                 if result.step >= run.max_steps:
                     break
@@ -290,6 +311,14 @@ def _train_steps(run: Run, result: TrainResult, epoch: int, skip: int,
                 epoch += 1
     finally:
         progress.close()
+
+
+def _checkpoint_due(run: Run, step: int) -> bool:
+    return step % run.cfg.training.checkpointing_steps == 0 or step == run.max_steps
+
+
+def _validation_due(run: Run, step: int) -> bool:
+    return step % run.cfg.validation.steps == 0 or step == run.max_steps
 
 
 FIT_AT = (0.05, 0.25, 0.5, 0.75)  # fractions of max_minutes at which the schedule is (re)fitted to the time left
@@ -311,8 +340,8 @@ def _fit_to_time(run: Run, fit: _ScheduleFit, step: int, now: float) -> None:
 
     The rate excludes the first step (model warm-up) and includes checkpoints and validation; refitting
     corrects the first estimate when the machine gets busier or quieter. max_steps never exceeds the recipe's.
-    Each process reports every step whether it has reached the next fraction and what fits (one small gather,
-    so no process waits on a collective the others skip); all take the smallest fit, so they agree.
+    With several processes, each reports every step whether it has reached the next fraction and what fits (one
+    small gather, so no process waits on a collective the others skip); all take the smallest fit, so they agree.
     """
     tc, accelerator = run.cfg.training, run.accelerator
     if not tc.max_minutes or not tc.fit_schedule_to_time or fit.done >= len(FIT_AT):
@@ -325,10 +354,13 @@ def _fit_to_time(run: Run, fit: _ScheduleFit, step: int, now: float) -> None:
     if ready:
         rate = (step - fit.first_step - 1) / (now - fit.warm)
         fits = min(step + int(0.98 * rate * (budget - elapsed)), fit.planned)
-    votes = accelerator.gather(torch.tensor([[int(ready), fits]], device=accelerator.device)).reshape(-1, 2)
-    if not votes[:, 0].any():
+    if accelerator.num_processes > 1:
+        votes = accelerator.gather(torch.tensor([[int(ready), fits]], device=accelerator.device)).reshape(-1, 2)
+        ready = bool(votes[:, 0].any())
+        fits = int(votes[votes[:, 0] > 0, 1].min()) if ready else fits
+    if not ready:
         return
-    fits = max(int(votes[votes[:, 0] > 0, 1].min()), step)
+    fits = max(fits, step)
     fit.done += 1
     if fits != run.max_steps:
         log.info("training.max_minutes=%s: %d steps fit in the budget; the LR schedule now ends there (was %d)",
@@ -346,42 +378,28 @@ def _out_of_time(tc: TrainingConfig, started: float, accelerator: Any) -> bool:
     """True once `max_minutes` have passed on any process (accelerate's trigger makes every process agree)."""
     if tc.max_minutes is None:
         return False
-    if time.perf_counter() - started > tc.max_minutes * 60:
+    late = time.perf_counter() - started > tc.max_minutes * 60
+    if accelerator.num_processes == 1:
+        return late
+    if late:
         accelerator.set_trigger()
     return accelerator.check_trigger()
 
 
-def _after_step(run: Run, step: int, loss: float, rate: float, progress: Any,
-                callbacks: Sequence[Callable[[int, float], None]], position: dict[str, int]) -> None:
-    """Step 7: method fix-up, EMA, logs, callbacks, checkpoint and validation when due."""
-    tc = run.cfg.training
+def _after_step(run: Run, result: TrainResult, callbacks: Sequence[Callable[[int, float], None]],
+                position: dict[str, int]) -> None:
+    """Step 7: method fix-up, EMA, callbacks, checkpoint and validation when due (losses are read by then)."""
+    tc, step = run.cfg.training, result.step
     run.method.after_step()
     if run.ema is not None:
-        run.ema.step(run.method.trainable_parameters())
-    _log_step(run.writer, progress, tc, step, loss, run.lr_scheduler.get_last_lr()[0], rate)
+        run.ema.step(run.trainable)
     for callback in callbacks:
-        callback(step, loss)
-    last = step == run.max_steps
-    if step % tc.checkpointing_steps == 0 or last:
+        callback(step, result.losses[step])
+    if _checkpoint_due(run, step):
         save_checkpoint(run.out, step, run.method, run.optimizer, run.lr_scheduler, run.ema, position,
                         run.accelerator, tc.checkpoints_total_limit)
-    if step % run.cfg.validation.steps == 0 and not last:  # the last one runs once the artefacts are saved
+    if step % run.cfg.validation.steps == 0 and step != run.max_steps:  # the last one runs once the artefacts are saved
         _validate(run.cfg, run.method, step, run.out, run.writer, run.ema, run.accelerator, run.weight_dtype)
-
-
-def _writer(out: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(out / "logs"))
-
-
-def _log_step(writer: Any, progress: Any, tc: TrainingConfig, step: int, loss: float, lr: float, rate: float) -> None:
-    if writer is not None and step % tc.log_every == 0:
-        writer.add_scalar("train/loss", loss, step)
-        writer.add_scalar("train/lr", lr, step)
-        writer.add_scalar("train/images_per_second", rate, step)
-    progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
-    progress.update(1)
 
 
 def _validate(cfg: Any, method: Method, step: int, out: Path, writer: Any, ema: Any, accelerator: Any,

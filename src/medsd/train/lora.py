@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from medsd.text_encoder_lora import add_text_encoder_lora, lora_config
+from medsd.train.lora_forward import merge_small_lora_layers
 from medsd.train.methods import Method
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ class LoraFineTune(Method):
             # Optimizer updates on fp16/bf16 adapters underflow (and fp16 grads cannot be unscaled): the known
             # diffusers pitfall. Keep the small trained matrices in float32; autocast handles the mixed matmuls.
             cast_training_params(list(self.trainable_modules().values()), dtype=torch.float32)
+        if cfg.merged_forward_max_features:
+            merged = sum(merge_small_lora_layers(m, cfg.merged_forward_max_features)
+                         for m in self.trainable_modules().values())
+            log.info("%d adapted layers of at most %d features train as one merged matmul", merged,
+                     cfg.merged_forward_max_features)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         """The U-Net (its LoRA parameters), and the text encoder when it gets adapters too."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,17 @@ def diffusion_loss(
     return method.loss(model_pred, target, batch, weights)
 
 
-def check_finite(loss: torch.Tensor, accelerator: Any, step: int, out: Path) -> float:
-    """The loss averaged over processes; NaN / inf anywhere stops every process before backward (MedsdError)."""
-    value = accelerator.gather(loss.detach().float().reshape(1))
-    if not torch.isfinite(value).all():
-        raise MedsdError(_nan_message(step, out, value[~torch.isfinite(value)]))
-    return value.mean().item()
+def gather_losses(losses: torch.Tensor, accelerator: Any) -> list[float]:
+    """Step losses (a 1-D tensor on the device) averaged over processes, read back in one transfer."""
+    gathered = accelerator.gather(losses.detach().float().reshape(1, -1))
+    return gathered.reshape(-1, losses.numel()).mean(0).tolist()
+
+
+def raise_if_not_finite(steps: list[int], losses: list[float], out: Path) -> None:
+    """NaN / inf in any step's loss stops every process (they all read the same gathered values): MedsdError."""
+    bad = next(((step, loss) for step, loss in zip(steps, losses, strict=True) if not math.isfinite(loss)), None)
+    if bad is not None:
+        raise MedsdError(_nan_message(*bad, steps[-1], out))
 
 
 def min_snr_weights(scheduler: Any, t: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
@@ -72,10 +78,10 @@ def min_snr_weights(scheduler: Any, t: torch.Tensor, gamma: float, prediction: s
     return clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr
 
 
-def _nan_message(step: int, out: Path, value: torch.Tensor) -> str:
+def _nan_message(step: int, value: float, read_at: int, out: Path) -> str:
     found = list_checkpoints(out)
     last = f"the last good checkpoint is {found[-1][1]} (resume with --resume latest)" if found else \
         "no checkpoint was written yet"
-    return (f"training loss became {value.flatten()[0].item()} at step {step + 1}; the run stopped before applying "
-            f"that update and {last}. Lower training.learning_rate, use mixed_precision bf16 instead of fp16, or check "
-            "the data for NaN / constant images")
+    return (f"training loss became {value} at step {step}; the run stopped at step {read_at} without saving "
+            f"anything after it, and {last}. Lower training.learning_rate, use mixed_precision bf16 instead of fp16, "
+            "or check the data for NaN / constant images")
