@@ -18,11 +18,12 @@ Everything method-specific sits behind `medsd.train.methods.Method`; the set-up 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,11 +411,27 @@ def _validate(cfg: Any, method: Method, step: int, out: Path, writer: Any, ema: 
     accelerator.wait_for_everyone()
 
 
+@contextlib.contextmanager
+def _precision_kept(method: Method) -> Iterator[None]:
+    """Methods save float32 files by casting the run's own modules; the final validation after them must still
+    run in the run's precision, so every tensor's dtype is put back (tensors keep their identity under `.to`)."""
+    owners = [method] + ([method.components] if getattr(method, "components", None) is not None else [])
+    modules = [m for owner in owners for m in vars(owner).values() if isinstance(m, torch.nn.Module)]
+    held = {t: t.dtype for m in modules for t in (*m.parameters(), *m.buffers())}
+    try:
+        yield
+    finally:
+        for tensor, dtype in held.items():
+            if tensor.dtype != dtype:
+                tensor.data = tensor.data.to(dtype)
+
+
 def _save_artefacts(method: Method, ema: Any, out: Path, cfg: Any) -> dict[str, str]:
     """The method's standard outputs (with EMA weights when kept) plus `artefacts.json` describing them."""
     if ema is not None:
         ema.copy_to(method.trainable_parameters())
-    artefacts = method.save_artefacts(out)
+    with _precision_kept(method):
+        artefacts = method.save_artefacts(out)
     info = {"method": method.name, "base_model": cfg.model.pretrained, "artefacts": artefacts}
     (out / "artefacts.json").write_text(json.dumps(info, indent=1))
     log.info("saved %s", ", ".join(f"{k}: {v}" for k, v in artefacts.items()))
