@@ -35,15 +35,16 @@ _CONCEPTS: list[tuple[str, str]] = [
     ("NORMAL", r"normal chest(?: radiograph| x-ray)?"),
     ("HEART_NORMAL", r"(?:heart size|heart|cardiac silhouette|cardiomediastinal silhouettes?|cardiac size)"
                      r"(?: and [a-z ]+?)?(?: is| are)? (?:normal|within normal limits|unremarkable)\b|"
-                     r"normal (?:heart size|cardiac size|cardiomediastinal silhouette|size of the heart)|"
+                     r"normal (?:heart size|cardiac size|cardiac silhouette|cardiomediastinal silhouette|size of the "
+                     r"heart)|"
                      r"heart (?:is )?normal in size|cardiomediastinal silhouette within normal limits"),
     ("LUNGS_CLEAR", r"(?:lungs|lung fields) (?:are |appear )?(?:clear|normal)|clear lungs"),
     ("Cardiomegaly", r"cardiomegaly|(?:heart|heart size|cardiac silhouette|cardiac size)(?: is| are)?"
-                     r"(?: not)?(?: \w+ly)? enlarged|enlarged (?:heart|cardiac silhouette)|(?:heart|cardiac) "
-                     r"enlargement"),
-    ("Pneumothorax", r"pneumothora(?:x|ces)"),
-    ("Pleural Effusion", r"(?:pleural )?effusions?"),
-    ("Consolidation", r"(?:airspace|air space|alveolar) (?:consolidations?|disease|opacit(?:y|ies))|"
+                     r"(?: not)?(?: \w+ly)? enlarged|enlarged (?:heart|cardiac silhouette)|(?:heart|cardiac|"
+                     r"cardiomediastinal) enlargement"),
+    ("Pneumothorax", r"pneumothora(?:x|ces)|pleural air(?: collections?)?"),
+    ("Pleural Effusion", r"(?:pleural )?effusions?|pleural fluid(?: collections?)?|costophrenic (?:angle )?blunting"),
+    ("Consolidation", r"(?:airspace|air space|alveolar) (?:consolidations?|disease|opacit(?:y|ies)|process)|"
                       r"consolidations?|infiltrates?|pneumonia"),
     ("Lung Lesion", r"nodules?|mass(?:es)?\b|lesions?"),
     ("OPACITY", r"opacit(?:y|ies)|densit(?:y|ies)"),
@@ -52,13 +53,13 @@ _CONCEPTS: list[tuple[str, str]] = [
               r"catheter|tubes?|pacemaker|devices?|hernia|aort\w*|tortuous|ectatic|\w*adenopathy|congesti\w*|"
               r"interstitial|thickening|pericardial|loculated|hydropneumothorax|eventration|elevat\w*|kyphosis|"
               r"scoliosis|lobectomy|surg\w*|postop\w*|chronic|prominen\w*|widen\w*|volume loss|low lung volumes?|"
-              r"hypoinflat\w*|crowding|deformit\w*|hyperlucen\w*|bronchiectasis|cardiomediastinal enlargement|"
+              r"hypoinflat\w*|crowding|deformit\w*|hyperlucen\w*|bronchiectasis|"
               r"cavit\w*|metasta\w*|cancer|neoplas\w*|malignan\w*|tumor|markings|vascularity|flatten\w*|"
-              r"air[- ]fluid|pleural fluid|mediastinal shift"),
+              r"air[- ]fluid|mediastinal shift"),
 ]
 _CONCEPT_RE = [(name, re.compile(rf"\b(?:{pattern})", re.IGNORECASE)) for name, pattern in _CONCEPTS]
 _NOT_A_STATEMENT = re.compile(
-    r"xxxx|\?|:|other than|\bmay\b|\bmight\b|\bcould\b|possib|probab|question|\bversus\b|\bvs\b|suspect|"
+    r"xxxx|\?|:|other than|upper limit|\bmay\b|\bmight\b|\bcould\b|possib|probab|question|\bversus\b|\bvs\b|suspect|"
     r"suggest|exclude|concern|consider|likely|equivocal|borderline|apparent|recommend|correlat|differential|compatible|"
     r"consistent|represent|cannot|limited|obscur|difficult|evaluat|assess|stable|unchanged|persist|interval|"
     r"again|residual|prior|previous|recurren|\bnew\b|increas|decreas|improv|worse|resolv|since|compar|continu|"
@@ -68,6 +69,7 @@ _NOT_A_STATEMENT = re.compile(
     re.IGNORECASE,
 )
 # A new subject ("the lungs are") ends a negation's scope: "No pneumothorax the lungs are hyperinflated."
+_HEART = re.compile(r"\b(?:heart|cardiac)\b", re.IGNORECASE)
 _CLAUSE_BREAK = re.compile(r";|:|\bbut\b|\bhowever\b|\balthough\b|\bexcept\b|\bwhile\b|\bwhereas\b|"
                            r"\band there\b|, and\b|"
                            r"\b(?:the )?(?:lungs|heart|cardiac|cardiomediastinal|mediastin\w*|osseous) (?:is|are)\b",
@@ -161,7 +163,10 @@ def analyse(sentence: str) -> SentenceReading:
         reading.usable, reading.reason = False, "hedged, comparative or not self-contained"
         return reading
     reading.mentions = find_mentions(text)
-    if any(m.concept in ("OTHER", "OPACITY") and not m.negated for m in reading.mentions):
+    concepts = {m.concept for m in reading.mentions}
+    if _HEART.search(text) and not concepts & {"Cardiomegaly", "HEART_NORMAL", "GLOBAL", "NORMAL"}:
+        reading.usable, reading.reason = False, "names the heart without saying whether it is enlarged"
+    elif any(m.concept in ("OTHER", "OPACITY") and not m.negated for m in reading.mentions):
         reading.usable, reading.reason = False, "affirms something the phantom does not render"
     elif not reading.mentions:
         reading.usable, reading.reason = False, "says nothing about the phantom's findings"
