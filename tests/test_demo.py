@@ -5,39 +5,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from medsd.cli import main
+
+FINDINGS = {"Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Lung Lesion"}
 
 
 def test_demo_smoke_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--smoke", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "medsd demo finished." in printed and "report.html" in printed
+    assert "medsd demo finished." in printed and "report.html" in printed and "side accuracy" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["seconds"]) >= {"phantom", "reference classifier", "tiny model", "train autoencoder",
-                                       "train class_conditional", "train lora", "generate", "evaluate"}
+    assert set(summary["seconds"]) == {"phantom", "judge", "tiny model", "train autoencoder", "train report_reader",
+                                       "train text_to_image", "generate", "evaluate"}
     # Each training stage is an ordinary recipe a user can rerun, and left its standard artefacts.
-    for name in ("autoencoder", "class_conditional", "lora"):
+    for name in ("autoencoder", "report_reader", "text_to_image"):
         assert (out / "configs" / f"{name}.yaml").is_file()
         assert list((out / "runs" / name / "logs").glob("events.out.tfevents.*"))
-    assert (out / "runs" / "autoencoder" / "vae" / "config.json").is_file()
-    assert (out / "runs" / "class_conditional" / "model" / "medsd_model.json").is_file()
-    assert (out / "runs" / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    # Generation: 8 conditions x 2 images, the interpolation strip, 4 inpaintings, 4 LoRA images.
-    generated = out / "generated"
-    assert len(list((generated / "class_conditional").glob("*.png"))) == 16
-    assert (generated / "interpolation" / "strip.png").is_file()
-    assert len(list((generated / "inpainting").glob("*.png"))) >= 4
-    assert len(list((generated / "lora").glob("*.png"))) == 4
-    # Evaluation: one report with the headline measures.
+    assert (out / "runs" / "text_to_image" / "pipeline" / "model_index.json").is_file()
+    assert "Report" in pd.read_csv(out / "data" / "phantom_train" / "train.csv").columns
+    # Every generated image is judged: one row per image of each prompt kind, plus the real held-out images.
+    judged = pd.read_csv(out / "report" / "judged.csv")
+    counts = judged["kind"].value_counts().to_dict()
+    label_prompts, report_configs = 8, 35
+    assert counts == {"label": 2 * label_prompts, "report": report_configs, "held_out": report_configs, "example": 2,
+                      "real": 16}
+    for kind in ("label", "report", "held_out", "example"):
+        assert len(list((out / "generated" / kind).glob("*.png"))) == counts[kind]
+    assert len(summary["interpolation_cardiomegaly_p"]) == 6 and len(summary["inpainting"]["effusion_p"]) == 4
+    faith = summary["faithfulness"]
+    assert set(faith) == {"label", "report", "held_out", "example", "real"}
+    for kind in ("report", "held_out", "real"):
+        assert set(faith[kind]) >= FINDINGS and "side_accuracy" in faith[kind]["Pleural Effusion"]
+        assert "severity_spearman" in faith[kind]["Cardiomegaly"]
+    assert faith["report"]["Pneumothorax"]["n_asked"] == 7  # 3 severities x 2 sides, and one combination
     metrics = json.loads((out / "report" / "metrics.json").read_text())
-    assert {"fid", "faithfulness", "diversity", "memorization", "augmentation"} <= set(metrics)
-    assert set(summary["headline"]["faithfulness_auc"]) == {"Cardiomegaly", "Pleural Effusion", "Pneumothorax",
-                                                             "Consolidation", "Lung Lesion"}
-    assert (out / "report" / "report.html").stat().st_size > 10_000
+    assert {"fid", "faithfulness", "diversity", "memorization"} <= set(metrics)
+    assert summary["fid_real_vs_real"] is not None and (out / "report" / "prompt_grid.png").is_file()
     # A second run reuses finished stages instead of redoing them.
     assert main(["-q", "demo", "--smoke", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
-    assert again["seconds"]["train class_conditional"] < 1.0 and again["seconds"]["phantom"] < 1.0
+    assert again["seconds"]["train text_to_image"] < 1.0 and again["seconds"]["phantom"] < 1.0

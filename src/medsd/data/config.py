@@ -48,6 +48,11 @@ class PromptConfig(StrictModel):
         "(an over-estimate of CLIP BPE tokens is safer than an under-estimate).",
     )
     n_sentences: int = Field(2, ge=1, description="Number of report sentences drawn when source is `sentences`.")
+    label_share: float = Field(
+        0.0, ge=0, le=1,
+        description="With a report source: this share of the samples (chosen by data.seed) gets the label prompt "
+        "instead of its report, so one model answers both \"A chest X-ray with Cardiomegaly\" and report text.",
+    )
 
 
 class DataConfig(StrictModel):

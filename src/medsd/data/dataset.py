@@ -226,6 +226,10 @@ def make_prompts(frame: pd.DataFrame, labels: list[str], cfg: DataConfig) -> lis
                 drawn = memo[text]
             if drawn:
                 prompts[i] = drawn
+    if pc.label_share > 0 and pc.source not in ("labels", "caption"):
+        keep_labels = np.random.default_rng(cfg.seed).random(len(frame)) < pc.label_share
+        label_prompts = [by_pattern[k] for k in np.asarray(inverse).reshape(-1)]
+        prompts = [label_prompts[i] if keep else p for i, (keep, p) in enumerate(zip(keep_labels, prompts))]
     if trimmed[0] > MAX_TRIM_WARNINGS:
         log.warning("%d prompts in total were trimmed to %d tokens", trimmed[0], pc.max_tokens)
     return prompts
@@ -238,7 +242,7 @@ def _check_report_source(cfg: DataConfig, frame: pd.DataFrame) -> None:
     if src in ("impression", "findings", "report", "sentences") and "text" not in frame.columns:
         raise MedsdError(
             f"data.prompt.source is {src!r} but source {cfg.source!r} has no report text; "
-            "use mimic (with data.reports) or openi, or prompt.source: labels"
+            "use mimic (with data.reports), openi or a phantom rendered with reports, or prompt.source: labels"
         )
 
 

@@ -237,6 +237,14 @@ def _openi_texts(xml_source: Path) -> dict[str, dict[str, str]]:
     return texts
 
 
+def read_openi_reports(xml_source: Path | None = None) -> dict[str, dict[str, str]]:
+    """Report sections of every Open-i study (default: the reports shipped in torchxrayvision)."""
+    source = xml_source or xrv_data_file("NLMCXR_reports.tgz")
+    if not source.exists():
+        raise MedsdError(f"Open-i reports {source} do not exist; give the reports .tgz or the XML folder")
+    return _openi_texts(source)
+
+
 _OPENI_CACHE: dict[tuple[str, float], tuple[pd.DataFrame, np.ndarray, list[str], dict]] = {}
 
 
@@ -340,7 +348,8 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
     """Folder written by `medsd data phantom`: a CheXpert-style CSV with `Path` relative to the folder.
 
     Read like CheXpert (patient ids, views, label order); label columns that are never positive or uncertain
-    are dropped when `data.labels` is not given, because the phantom renders only some findings.
+    are dropped when `data.labels` is not given, because the phantom renders only some findings. The `Report`
+    column (FINDINGS / IMPRESSION, written from each image's parameters) becomes the report text, as in MIMIC.
     """
     csv_path = _resolve(root, cfg.csv) if cfg.csv else None
     if csv_path is None:
@@ -353,6 +362,8 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
     columns = read_csv(csv_path, "phantom CSV", nrows=0).columns
     local = cfg.model_copy(update={"csv": str(csv_path.resolve()), "path_column": _path_column_of(csv_path)})
     data = load_chexpert(local, root) if "Frontal/Lateral" in columns else load_csv(local, root, csv_path)
+    if "Report" in columns:  # free-text reports, like MIMIC-CXR's, for `prompt.source: report` and friends
+        data.frame["text"] = _read_csv(csv_path, "phantom CSV")["Report"].to_numpy()
     if cfg.labels is None:
         present = [p for p in data.pathologies if data.frame[p].isin([1, -1]).any()]
         data.frame = data.frame.drop(columns=[p for p in data.pathologies if p not in present])

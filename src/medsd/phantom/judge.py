@@ -1,9 +1,11 @@
-"""Reference classifier of the phantom: a small CNN that recognises each phantom finding (multi-label).
+"""Reference classifier of the phantom: a small CNN that recognises each phantom finding (multi-label), the
+side of each lateralised finding and its severity.
 
 It is the offline stand-in for a pretrained chest X-ray network (whose weights cannot be downloaded here):
 its penultimate features are the feature space for FID on the phantom, and its predictions measure whether a
-generated image carries the finding it was asked for. Weights are saved as ``model.safetensors`` beside a
-``config.json``; ``metrics.json`` holds the per-finding AUC on a held-out, patient-level split.
+generated image carries the finding it was asked for, on the side and at the severity asked
+(`medsd.phantom.judge_heads`). Weights are saved as ``model.safetensors`` beside a ``config.json``;
+``metrics.json`` holds the per-finding AUC, side accuracy and severity Spearman on a held-out, patient-level split.
 """
 
 from __future__ import annotations
@@ -24,13 +26,19 @@ from torch import Tensor, nn
 
 from medsd.errors import MedsdError
 from medsd.files import read_text
+from medsd.phantom.judge_heads import (
+    LATERAL_FINDINGS,
+    head_loss,
+    held_out_head_metrics,
+    side_severity_targets,
+)
 from medsd.phantom.render import FINDINGS
 from medsd.weights import load_safetensors
 
 log = logging.getLogger(__name__)
 
 PHANTOM_FINDINGS: list[str] = list(FINDINGS)
-ARCH = "medsd-phantom-cnn-v1"
+ARCH = "medsd-phantom-cnn-v2"  # v2: side and severity heads; v1 files (findings only) still load
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -65,6 +73,11 @@ class PhantomClassifier(nn.Module):
         self.feature_dim = 16 * w
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(self.feature_dim, len(self.findings))
+        self.lateral = [f for f in self.findings if f in LATERAL_FINDINGS]
+        # Per lateralised finding: is it in the left lung, is it in the right (both: bilateral).
+        self.side_head = nn.Linear(self.feature_dim, 2 * len(self.lateral))
+        self.severity_head = nn.Linear(self.feature_dim, len(self.findings))
+        self.reads_side_and_severity = True
 
     def _prepare(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
@@ -86,6 +99,13 @@ class PhantomClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, len(findings)]."""
         return self.head(self.dropout(self.features(x)))
+
+    def read(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Finding logits [B, F], side logits [B, L, 2] (left lung, right lung) for `self.lateral`, and
+        severity [B, F] in [0, 1]; side and severity mean something only where the finding is present."""
+        h = self.dropout(self.features(x))
+        side = self.side_head(h).reshape(len(x), len(self.lateral), 2)
+        return self.head(h), side, torch.sigmoid(self.severity_head(h))
 
 
 def save_reference_classifier(model: PhantomClassifier, out_dir: str | Path) -> Path:
@@ -113,15 +133,21 @@ def load_reference_classifier(path: str | Path) -> PhantomClassifier:
         cfg = json.loads(read_text(d / "config.json", "phantom classifier config"))
     except json.JSONDecodeError as err:
         raise MedsdError(f"phantom classifier: {d}/config.json is not valid JSON ({err}); retrain it") from None
-    if not isinstance(cfg, dict) or cfg.get("arch") != ARCH:
+    if not isinstance(cfg, dict) or cfg.get("arch") not in (ARCH, _ARCH_V1):
         raise MedsdError(f"phantom classifier: {d}/config.json has arch {cfg.get('arch')!r}, expected {ARCH!r}")
     model = PhantomClassifier(cfg["findings"], cfg["input_size"], cfg["width"])
     try:
-        model.load_state_dict(load_safetensors(d / "model.safetensors", "phantom classifier weights"))
+        # A v1 file has no side/severity heads: they stay untrained (`model.reads_side_and_severity` is False).
+        missing, _ = model.load_state_dict(load_safetensors(d / "model.safetensors", "phantom classifier weights"),
+                                           strict=cfg["arch"] == ARCH)
     except RuntimeError as err:
         raise MedsdError(f"phantom classifier: {d}/model.safetensors does not match its config.json "
                          f"({(str(err).splitlines() or [''])[0][:160]}); retrain the classifier") from None
+    model.reads_side_and_severity = not missing
     return model.eval()
+
+
+_ARCH_V1 = "medsd-phantom-cnn-v1"
 
 
 # ------------------------------------------------------------- training ------------------------------------
@@ -199,6 +225,21 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     return y.transpose(0, 1)
 
 
+@torch.no_grad()
+def judge_images(model: PhantomClassifier, images: Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """What the judge reads in images (float in [0, 1], or uint8): finding probabilities [N, F], in-lung
+    probabilities [N, L, 2] (left, right) of the lateralised findings `model.lateral`, severity [N, F]."""
+    model.eval()
+    parts: dict[str, list[Tensor]] = {"probs": [], "side_probs": [], "severity": []}
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size]
+        logits, side, severity = model.read(x.float() / 255 if x.dtype == torch.uint8 else x.float())
+        parts["probs"].append(torch.sigmoid(logits))
+        parts["side_probs"].append(torch.sigmoid(side))
+        parts["severity"].append(severity)
+    return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
+
+
 def evaluate_auc(model: PhantomClassifier, images: Tensor, labels: Tensor, batch_size: int = 256) -> dict[str, float]:
     """Per-finding ROC AUC (NaN where a split has only one class)."""
     from sklearn.metrics import roc_auc_score
@@ -215,8 +256,16 @@ def evaluate_auc(model: PhantomClassifier, images: Tensor, labels: Tensor, batch
     return out
 
 
-def _fit(model: PhantomClassifier, x: Tensor, y: Tensor, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
-    """AdamW + one-cycle schedule, class-balanced BCE, light augmentation."""
+def evaluate_heads(model: PhantomClassifier, images: Tensor, sides: Tensor, severity: Tensor) -> dict[str, dict]:
+    """Side accuracy and severity Spearman on the images that carry each finding (targets as in training)."""
+    read = judge_images(model, images)
+    return held_out_head_metrics(read["side_probs"], read["severity"], sides.numpy(), severity.numpy(),
+                                 model.findings)
+
+
+def _fit(model: PhantomClassifier, x: Tensor, y: Tensor, sides: Tensor, severity: Tensor, *, epochs: int,
+         batch_size: int, lr: float, seed: int) -> None:
+    """AdamW + one-cycle schedule, class-balanced BCE (+ side and severity losses), light augmentation."""
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -234,7 +283,8 @@ def _fit(model: PhantomClassifier, x: Tensor, y: Tensor, *, epochs: int, batch_s
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
             xb = _augment(x[idx].float() / 255, g).contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model(xb), y[idx])
+            logits, side_logits, sev = model.read(xb)
+            loss = loss_fn(logits, y[idx]) + head_loss(side_logits, sev, sides[idx], severity[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -263,12 +313,15 @@ def train_reference_classifier(
     t0 = time.time()
     torch.manual_seed(seed)
     images, labels, patients = load_phantom_split(data_dir, input_size)
+    with open(Path(data_dir) / "train.csv", newline="") as fh:
+        paths = [row["Path"] for row in csv.DictReader(fh)]
+    sides, severity = side_severity_targets(data_dir, paths, PHANTOM_FINDINGS)
     uniq = sorted(set(patients))
     rng = np.random.default_rng(seed)
     n_val = max(1, int(round(val_fraction * len(uniq)))) if val_fraction > 0 else 0
     val_patients = set(rng.permutation(uniq)[:n_val].tolist())
     is_val = torch.tensor([p in val_patients for p in patients])
-    tr_x, tr_y = images[~is_val], labels[~is_val]
+    tr_x, tr_y, tr_side, tr_sev = images[~is_val], labels[~is_val], sides[~is_val], severity[~is_val]
     va_x, va_y = images[is_val], labels[is_val]
     if len(tr_x) == 0:
         raise MedsdError(f"phantom classifier: no training images left in {data_dir} after the split")
@@ -277,8 +330,9 @@ def train_reference_classifier(
     if threads:
         torch.set_num_threads(threads)
     try:
-        _fit(model, tr_x, tr_y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        _fit(model, tr_x, tr_y, tr_side, tr_sev, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
         auc = evaluate_auc(model, va_x, va_y) if len(va_x) else {}
+        heads = evaluate_heads(model, va_x, sides[is_val], severity[is_val]) if len(va_x) else {}
     finally:
         torch.set_num_threads(old_threads)
     model = model.to(memory_format=torch.contiguous_format)
@@ -286,6 +340,7 @@ def train_reference_classifier(
     finite = [v for v in auc.values() if v == v]
     metrics = {
         "auc": auc,
+        **heads,
         "mean_auc": float(np.mean(finite)) if finite else float("nan"),
         "min_auc": float(np.min(finite)) if finite else float("nan"),
         "n_train": int(len(tr_x)),

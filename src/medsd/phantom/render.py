@@ -11,7 +11,7 @@ Ground truth is exact by linearity: the image change a finding causes is the pro
 its mask is where that projection is non-negligible.
 
 Output of ``write_phantom_dataset`` (paths relative to the output dir):
-``train/patientNNNNN/studyK/view1_frontal.png``, ``train.csv`` (CheXpert columns), ``masks/.../*.png``,
+``train/patientNNNNN/studyK/view1_frontal.png``, ``train.csv`` (CheXpert columns + Report), ``masks/.../*.png``,
 ``params.jsonl`` (every render parameter per image) and ``phantom.json`` (manifest).
 """
 
@@ -34,7 +34,7 @@ from medsd.phantom import ct as pct
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "1.0"
+PHANTOM_VERSION = "1.1"  # 1.1: a free-text report per image (CSV column Report)
 # The CSV carries all 14 CheXpert columns, so the ordinary CheXpert loader reads it.
 CHEXPERT_LABELS = ["No Finding", *SOURCE_CHEXPERT_LABELS]
 FINDINGS = ["Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion"]
@@ -389,6 +389,8 @@ def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
     pp = rec["patient_params"]
     row = {"Path": rec["path"], "Sex": pp["sex"], "Age": pp["age"], "Frontal/Lateral": "Frontal", "AP/PA": rec["view"]}
     row.update(labels_of(rec["findings"]))
+    if "report" in rec:
+        row["Report"] = rec["report"]
     return row
 
 
@@ -401,10 +403,12 @@ def write_phantom_dataset(
     workers: int = 2,
     bit_depth: int = 8,
     progress: bool = True,
+    reports: bool = True,
 ) -> dict[str, Any]:
     """Render ``n`` labelled radiographs into ``out_dir`` (CheXpert-style ``train.csv`` + images, masks,
     ``params.jsonl`` and ``phantom.json``). Output depends only on (n, size, seed, findings, bit_depth),
-    not on ``workers``: every image has its own seed derived from (seed, index). Returns the manifest."""
+    not on ``workers``: every image has its own seed derived from (seed, index). With ``reports``, the CSV's
+    ``Report`` column holds each image's free-text report (``medsd.phantom.reports``). Returns the manifest."""
     from tqdm.auto import tqdm
 
     allowed = list(FINDINGS if findings is None else findings)
@@ -435,8 +439,14 @@ def write_phantom_dataset(
             records.append(_render_and_write(job))
             bar.update()
     bar.close()
+    if reports:
+        from medsd.phantom.reports import report_for_record
+
+        for rec in records:
+            rec["report"] = report_for_record(rec, findings=allowed).text
+    columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + CHEXPERT_LABELS + (["Report"] if reports else [])
     with open(out / "train.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + CHEXPERT_LABELS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(_csv_row(r) for r in records)
     with open(out / "params.jsonl", "w") as fh:
@@ -450,6 +460,7 @@ def write_phantom_dataset(
         "size": size,
         "bit_depth": bit_depth,
         "findings": allowed,
+        "reports": reports,
         "csv": "train.csv",
         "params": "params.jsonl",
         "image_root": ".",

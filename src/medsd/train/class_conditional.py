@@ -25,6 +25,7 @@ from medsd.errors import MedsdError
 from medsd.train.conditioning import (
     cast,
     encoded_pipeline,
+    fresh_unet,
     register_loader,
     save_scheduler,
     set_trainable,
@@ -113,8 +114,6 @@ class ClassConditional(Method):
 
     def setup(self, weight_dtype: torch.dtype) -> None:
         """Swap in the chosen VAE and a fresh U-Net; the label table is built once the labels are known."""
-        from diffusers import UNet2DConditionModel
-
         c, cfg = self.components, self.cfg
         self.weight_dtype = weight_dtype
         device = next(c.unet.parameters()).device
@@ -123,8 +122,7 @@ class ClassConditional(Method):
         channels = c.vae.config.latent_channels
         if cfg.init == "scratch":
             # The U-Net works in this VAE's latent space, whatever the base model's had (Medfusion: 8 channels).
-            config = {**c.unet.config, "in_channels": channels, "out_channels": channels}
-            c.unet = UNet2DConditionModel.from_config(config).to(device)
+            c.unet = fresh_unet(c.unet, channels).to(device)
         elif c.unet.config.in_channels != channels:
             raise MedsdError(f"method.init=pretrained: the model's U-Net takes {c.unet.config.in_channels} latent "
                              f"channels but the VAE {cfg.vae} makes {channels}; use init: scratch or a VAE with "

@@ -89,3 +89,11 @@ def set_trainable(module: torch.nn.Module, trains: bool, weight_dtype: torch.dty
     """Trained modules stay float32 (optimizer updates underflow in fp16/bf16); frozen ones drop to weight_dtype."""
     module.requires_grad_(trains)
     cast(module, torch.float32 if trains else weight_dtype)
+
+
+def fresh_unet(unet: Any, latent_channels: int) -> Any:
+    """A randomly initialised U-Net of `unet`'s architecture that reads and writes `latent_channels` channels."""
+    from diffusers import UNet2DConditionModel
+
+    config = {**unet.config, "in_channels": latent_channels, "out_channels": latent_channels}
+    return UNet2DConditionModel.from_config(config)

@@ -11,6 +11,7 @@ from medsd.train.method_configs import (
     AutoencoderMethod,
     ClassConditionalMethod,
     DreamBoothMethod,
+    ReportReaderMethod,
     TextEncoderSwapMethod,
     TextualInversionMethod,
 )
@@ -148,12 +149,25 @@ class FullMethod(StrictModel):
 
     name: Literal["full"] = "full"
     train_text_encoder: bool = Field(False, description="Also fine-tune the CLIP text encoder.")
+    caption_dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of samples trained with the empty prompt, so that classifier-free guidance has an "
+        "unconditional prediction to push away from (0.1 is usual when training from scratch).",
+    )
+    init: Literal["pretrained", "scratch"] = Field(
+        "pretrained", description="Start the U-Net from the model's weights, or from random weights built for the "
+        "VAE's latent channels (a text-to-image model from scratch)."
+    )
+    vae: str | None = Field(
+        None, description="AutoencoderKL folder (an `autoencoder` run's OUT) that replaces the model's VAE; it is "
+        "saved in the pipeline. None: the model's VAE.",
+    )
 
 
 # The other methods keep their settings in method_configs.py; a recipe's `method:` is any one of them.
 MethodConfig = Annotated[
     LoraMethod | FullMethod | TextualInversionMethod | DreamBoothMethod | TextEncoderSwapMethod
-    | ClassConditionalMethod | AutoencoderMethod,
+    | ClassConditionalMethod | AutoencoderMethod | ReportReaderMethod,
     Field(discriminator="name"),
 ]
 

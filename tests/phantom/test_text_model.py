@@ -1,0 +1,68 @@
+"""The phantom text-to-image model: recipes that train it from scratch, a pipeline plain diffusers loads, and a
+model that never sees the findings it is told to exclude."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from medsd.errors import MedsdError
+from medsd.phantom.report_language import names_any
+from medsd.phantom.text_model import TextModelPlan, pretrain_text_model
+
+TINY = TextModelPlan(n_train=24, size=32, model_size="test", batch_size=4, autoencoder_minutes=1.0,
+                     autoencoder_steps=2, reader_steps=2, diffusion_minutes=1.0, diffusion_steps=3, sample_steps=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("text_model")
+    pretrain_text_model(out, exclude_findings=["Pneumothorax", "Lung Lesion"], plan=TINY, seed=1)
+    return out
+
+
+def test_pipeline_loads_and_generates_in_plain_diffusers(trained: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(trained / "runs" / "text_to_image" / "pipeline")
+    # The autoencoder trained in stage 3 (8 latent channels) is the pipeline's VAE, and the U-Net matches it.
+    assert pipe.vae.config.latent_channels == 8 == pipe.unet.config.in_channels == pipe.unet.config.out_channels
+    image = pipe("Moderate cardiomegaly. Small right pleural effusion.", num_inference_steps=2, height=32, width=32,
+                 guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and float(image.std()) > 0
+
+
+def test_both_unet_and_text_encoder_trained_on_reports(trained: Path) -> None:
+    from safetensors.torch import load_file
+
+    recipe = (trained / "configs" / "text_to_image.yaml").read_text()
+    assert "train_text_encoder: true" in recipe and "caption_dropout: 0.1" in recipe and "source: report" in recipe
+    # The text encoder changed twice: reading reports (report_reader), then with the U-Net (text_to_image).
+    encoders = [load_file(str(folder / "text_encoder" / "model.safetensors")) for folder in (
+        trained / "models" / "tiny-demo", trained / "runs" / "report_reader" / "pipeline",
+        trained / "runs" / "text_to_image" / "pipeline")]
+    for before, after in zip(encoders, encoders[1:]):
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((trained / "runs" / "text_to_image" / "training_done.json").read_text())["step"] == 3
+
+
+def test_excluded_findings_are_neither_drawn_nor_named(trained: Path) -> None:
+    data = trained / "data" / "phantom_train"
+    frame = pd.read_csv(data / "train.csv")
+    assert frame[["Pneumothorax", "Lung Lesion"]].to_numpy().sum() == 0
+    assert frame[["Cardiomegaly", "Pleural Effusion", "Consolidation"]].to_numpy().sum() > 0
+    assert not any(names_any(text, frozenset({"Pneumothorax", "Lung Lesion"})) for text in frame["Report"])
+    assert json.loads((data / "phantom.json").read_text())["findings"] == [
+        "Cardiomegaly", "Consolidation", "Pleural Effusion"]
+
+
+def test_unknown_or_all_excluded_findings_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(MedsdError, match="not phantom findings"):
+        pretrain_text_model(tmp_path, exclude_findings=["Edema"], plan=TINY)
+    with pytest.raises(MedsdError, match="leaves no finding"):
+        pretrain_text_model(tmp_path, exclude_findings=["Cardiomegaly", "Consolidation", "Lung Lesion",
+                                                        "Pneumothorax", "Pleural Effusion"], plan=TINY)
