@@ -16,6 +16,19 @@ from medsd.train.methods import Method
 log = logging.getLogger(__name__)
 
 
+def add_text_encoder_adapter(text_encoder: torch.nn.Module, config: object) -> None:
+    """transformers' `text_encoder.add_adapter(config)`, done with peft itself.
+
+    transformers 5.x refuses `add_adapter` below peft 0.22, which is not released; the call only injects the
+    LoRA layers and records their config, which peft's `inject_adapter_in_model` and two attributes do.
+    """
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, text_encoder, "default")
+    text_encoder.peft_config = {"default": config}
+    text_encoder._hf_peft_config_loaded = True
+
+
 class LoraFineTune(Method):
     """Freeze the base model; train only LoRA matrices (A, B) on the chosen projections."""
 
@@ -37,7 +50,7 @@ class LoraFineTune(Method):
             target_modules=list(cfg.target_modules),
         ))
         if cfg.train_text_encoder:
-            c.text_encoder.add_adapter(LoraConfig(
+            add_text_encoder_adapter(c.text_encoder, LoraConfig(
                 r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, init_lora_weights="gaussian",
                 target_modules=list(cfg.text_encoder_target_modules),
             ))
