@@ -27,6 +27,7 @@ GROUPS: dict[str, str] = {
     "evaluate": "Measure synthetic images: FID/KID/PRDC, diversity, faithfulness, augmentation AUC, "
     "memorization, report.",
     "demo": "Run the whole pipeline offline on the phantom with a tiny model (the README's main job).",
+    "benchmark": "Measure methods where the truth is known (adaptation: which method teaches a new finding).",
 }
 
 # Where each stage's CLI lives: (module, function) — "register" adds subcommands to a group,
@@ -38,6 +39,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("medsd.generate.cli", "configure"),
     "evaluate": ("medsd.evaluate.cli", "register"),
     "demo": ("medsd.demo", "configure"),
+    "benchmark": ("medsd.benchmark.cli", "register"),
 }
 
 
