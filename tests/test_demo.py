@@ -19,10 +19,10 @@ def test_demo_smoke_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixtu
     printed = capsys.readouterr().out
     assert "medsd demo finished." in printed and "report.html" in printed and "side accuracy" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["seconds"]) == {"phantom", "judge", "tiny model", "train autoencoder",
+    assert set(summary["seconds"]) == {"phantom", "judge", "tiny model", "train autoencoder", "train report_reader",
                                        "train text_to_image", "generate", "evaluate"}
     # Each training stage is an ordinary recipe a user can rerun, and left its standard artefacts.
-    for name in ("autoencoder", "text_to_image"):
+    for name in ("autoencoder", "report_reader", "text_to_image"):
         assert (out / "configs" / f"{name}.yaml").is_file()
         assert list((out / "runs" / name / "logs").glob("events.out.tfevents.*"))
     assert (out / "runs" / "text_to_image" / "pipeline" / "model_index.json").is_file()

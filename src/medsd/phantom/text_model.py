@@ -44,6 +44,8 @@ class TextModelPlan:
     batch_size: int = 16
     autoencoder_minutes: float = 2.5
     autoencoder_steps: int = 2000
+    reader_minutes: float = 1.0
+    reader_steps: int = 600
     diffusion_minutes: float = 10.0
     diffusion_steps: int = 30000
     learning_rate: float = 1e-3
@@ -68,12 +70,32 @@ def autoencoder_recipe(out: Path, base_model: Path, data: Path, plan: TextModelP
     }
 
 
+def report_reader_recipe(out: Path, base_model: Path, data: Path, plan: TextModelPlan,
+                         findings: list[str]) -> dict[str, Any]:
+    """Stage 4: the text encoder learns to read findings, side and severity from the training prompts."""
+    recipe = _common(base_model, data, plan, findings)
+    recipe["data"]["prompt"] = _prompts(base_model, plan)
+    return {
+        **recipe, "output_dir": str(out / "runs" / "report_reader"),
+        "training": {**_training(plan), "batch_size": 2 * plan.batch_size, "max_steps": plan.reader_steps,
+                     "max_minutes": plan.reader_minutes, "learning_rate": plan.learning_rate,
+                     "cache_latents": False, "checkpointing_steps": 500},
+        "method": {"name": "report_reader", "findings": list(FINDINGS)},
+        "validation": {"steps": 100_000},
+    }
+
+
+def _prompts(base_model: Path, plan: TextModelPlan) -> dict[str, Any]:
+    # Reports (findings + impression), a share of label prompts; tokens counted with the model's tokenizer.
+    return {"source": "report", "label_share": plan.label_share, "template": LABEL_TEMPLATE,
+            "tokenizer": str(base_model / "tokenizer")}
+
+
 def text_to_image_recipe(out: Path, base_model: Path, data: Path, vae: Path, plan: TextModelPlan,
                          findings: list[str]) -> dict[str, Any]:
     """Stage 4: U-Net from scratch + text encoder on reports and label prompts, with caption dropout."""
     recipe = _common(base_model, data, plan, findings)
-    recipe["data"]["prompt"] = {"source": "report", "label_share": plan.label_share, "template": LABEL_TEMPLATE,
-                                "tokenizer": str(base_model / "tokenizer")}
+    recipe["data"]["prompt"] = _prompts(base_model, plan)
     example = f"{LABEL_TEMPLATE.format(labels=findings[0])}" if findings else "no finding"
     return {
         **recipe, "output_dir": str(out / "runs" / "text_to_image"),
@@ -164,5 +186,7 @@ def pretrain_text_model(out: str | Path, exclude_findings: list[str] | tuple[str
         data = render_training_set(out / "data" / "phantom_train", plan.n_train, plan.size, seed, findings)
     base = build_base_model(out / "models" / "tiny-demo", plan, seed)
     vae_run = run_recipe(out, "autoencoder", autoencoder_recipe(out, base, data, plan, findings))
-    run = run_recipe(out, "text_to_image", text_to_image_recipe(out, base, data, vae_run, plan, findings))
+    reader = run_recipe(out, "report_reader", report_reader_recipe(out, base, data, plan, findings))
+    run = run_recipe(out, "text_to_image", text_to_image_recipe(out, reader / "pipeline", data, vae_run, plan,
+                                                                findings))
     return run / "pipeline"

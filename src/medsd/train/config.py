@@ -11,6 +11,7 @@ from medsd.train.method_configs import (
     AutoencoderMethod,
     ClassConditionalMethod,
     DreamBoothMethod,
+    ReportReaderMethod,
     TextEncoderSwapMethod,
     TextualInversionMethod,
 )
@@ -143,7 +144,7 @@ class FullMethod(StrictModel):
 # The other methods keep their settings in method_configs.py; a recipe's `method:` is any one of them.
 MethodConfig = Annotated[
     LoraMethod | FullMethod | TextualInversionMethod | DreamBoothMethod | TextEncoderSwapMethod
-    | ClassConditionalMethod | AutoencoderMethod,
+    | ClassConditionalMethod | AutoencoderMethod | ReportReaderMethod,
     Field(discriminator="name"),
 ]
 

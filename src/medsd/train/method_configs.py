@@ -1,4 +1,5 @@
-"""Settings of the issue-6 methods: textual inversion, DreamBooth, text-encoder swap, class-conditional, autoencoder.
+"""Settings of the methods beyond LoRA and full fine-tuning: textual inversion, DreamBooth, text-encoder swap,
+class-conditional, autoencoder, report reader.
 
 Each is one `method:` section of a recipe, told apart by `name` (see `medsd.train.config.MethodConfig`).
 """
@@ -128,3 +129,13 @@ class AutoencoderMethod(StrictModel):
         "images after): 32 px crops of 64 px images make a step about 4x cheaper. None: whole images.",
     )
     num_validation_images: int = Field(4, ge=1, le=64, description="Reconstructions shown at each validation.")
+
+
+class ReportReaderMethod(StrictModel):
+    """Pretrain the text encoder to read findings, side and severity from report text (before `full`)."""
+
+    name: Literal["report_reader"] = "report_reader"
+    findings: list[str] = Field(
+        default_factory=lambda: ["Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion"],
+        description="Findings the encoder learns to read (names the report labeler knows: the phantom's five).",
+    )

@@ -189,6 +189,7 @@ METHODS: dict[str, str] = {
     "text_encoder_swap": "medsd.train.text_encoder_swap:TextEncoderSwap",
     "class_conditional": "medsd.train.class_conditional:ClassConditional",
     "autoencoder": "medsd.train.autoencoder:Autoencoder",
+    "report_reader": "medsd.train.report_reader:ReportReader",
 }
 
 
