@@ -95,6 +95,19 @@ def test_second_call_reuses_every_run_and_other_settings_are_refused(bench: tupl
         run_adaptation_benchmark(out, replace(_plan(), new_images=3))
 
 
+def test_a_base_and_a_judge_are_reused_from_another_folder(bench: tuple[Path, dict], tmp_path: Path) -> None:
+    first, summary = bench
+    out = tmp_path / "again"
+    again = run_adaptation_benchmark(out, replace(_plan(), methods=()), base=first / "base", judge=first / "judge")
+    assert again["base_model"] == summary["base_model"] and again["judge"] == str(first / "judge")
+    assert not (out / "data" / "phantom_judge").exists() and not (out / "base").exists()
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method_id"] for r in rows] == ["base"]
+    # The same base, judge, prompts and seeds: the base's row is measured again to the same numbers.
+    first_base = json.loads((first / "results.json").read_text())[0]
+    assert rows[0]["new_finding_auc"] == pytest.approx(first_base["new_finding_auc"])
+
+
 def test_cli_rejects_an_unknown_method_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from medsd.cli import main
 

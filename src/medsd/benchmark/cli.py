@@ -25,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output folder (default: benchmark_out/adaptation)")
     p.add_argument("--base", type=Path, default=None,
                    help="reuse a base: a pipeline folder or a pretrain_text_model output that never saw the findings")
-    p.add_argument("--quick", action="store_true", help="N = 25 and six methods (one per family), ~15 min with a base")
+    p.add_argument("--judge", type=Path, default=None,
+                   help="reuse a trained phantom judge that knows every finding (e.g. the demo's OUT/classifier)")
+    p.add_argument("--base-minutes", type=float, default=None,
+                   help="training minutes of the base, split like the default (2.5 autoencoder, 1 report reader, 10 "
+                   "text-to-image)")
+    p.add_argument("--quick", action="store_true", help="N = 100 and six methods (every family), ~12 min with a base")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, every stage in a few minutes (tests)")
     p.add_argument("--findings", nargs="+", default=None, metavar="FINDING",
                    help=f"held-out findings (default: {', '.join(DEFAULT_HELD_OUT)})")
@@ -56,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
                              n_examples=tuple(args.n) if args.n else None,
                              methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes)
+    if args.base_minutes:
+        plan = plan.with_base_minutes(args.base_minutes)
     if args.run_steps:
         plan = replace(plan, run_minutes=None, max_steps=args.run_steps)
-    summary = run_adaptation_benchmark(Path(args.out), plan, base=args.base, seed=args.seed)
+    summary = run_adaptation_benchmark(Path(args.out), plan, base=args.base, judge=args.judge, seed=args.seed)
     print(Path(summary["table"]).read_text())
     print(f"report: {summary['report']}\nresults: {summary['results']}\nstage seconds: {summary['seconds']}")
     return 0

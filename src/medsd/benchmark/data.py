@@ -26,15 +26,15 @@ log = logging.getLogger(__name__)
 SEED_OFFSETS = {"judge": 1, "heldout": 2}  # pools: 10 + the finding's index, so every set has its own patients
 
 
-def render_sets(root: Path, plan: object, seed: int) -> dict[str, Path]:
-    """Render (or reuse) the judge set, the held-out set and one pool per held-out finding under `root`."""
+def render_sets(root: Path, plan: object, seed: int, judge_set: bool = True) -> dict[str, Path]:
+    """Render (or reuse) the judge set (unless a trained judge is given), the held-out set and one pool per
+    held-out finding under `root`."""
     every = list(FINDINGS)
-    sets = {
-        "judge": render_training_set(root / "phantom_judge", plan.n_judge, plan.size, seed + SEED_OFFSETS["judge"],
-                                     every),
-        "heldout": render_training_set(root / "phantom_heldout", plan.n_heldout, plan.size,
-                                       seed + SEED_OFFSETS["heldout"], every),
-    }
+    sets = {"heldout": render_training_set(root / "phantom_heldout", plan.n_heldout, plan.size,
+                                           seed + SEED_OFFSETS["heldout"], every)}
+    if judge_set:
+        sets["judge"] = render_training_set(root / "phantom_judge", plan.n_judge, plan.size,
+                                            seed + SEED_OFFSETS["judge"], every)
     for finding in plan.held_out:
         sets[pool_name(finding)] = render_training_set(root / f"phantom_{pool_name(finding)}", plan.n_pool, plan.size,
                                                        seed + 10 + FINDINGS.index(finding), [finding])

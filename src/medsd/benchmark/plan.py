@@ -56,17 +56,29 @@ class AdaptationPlan:
 
     @classmethod
     def quick(cls) -> AdaptationPlan:
-        """One example count (25) and six methods, one of each family: about 15 minutes once the base exists."""
-        return cls(n_examples=(25,), methods=QUICK_METHODS)
+        """One example count (100, the target's) and six methods (every family, LoRA with and without the text
+        encoder): about 12 minutes once the base exists."""
+        return cls(n_examples=(100,), methods=QUICK_METHODS)
 
     @classmethod
     def smoke(cls) -> AdaptationPlan:
         """The smallest plan that still runs every stage (tests): test-size model at 32 px, a few steps."""
-        base = TextModelPlan(n_train=40, size=32, model_size="test", batch_size=4, autoencoder_minutes=1.0,
-                             autoencoder_steps=2, diffusion_minutes=1.0, diffusion_steps=3, sample_steps=2)
-        return cls(n_examples=(2,), run_minutes=1.0, max_steps=2, batch_size=2, new_images=2, base_images=1,
+        from medsd.demo import DemoPlan
+
+        base = DemoPlan.smoke().model  # the demo's smallest text model: it follows every stage the model gains
+        # Two steps, not a time budget: the same runs on a loaded machine (tests) as on a quiet one.
+        return cls(n_examples=(2,), run_minutes=None, max_steps=2, batch_size=2, new_images=2, base_images=1,
                    sample_steps=2, generate_batch=32, n_judge=48, n_heldout=12, n_pool=12, judge_epochs=1,
                    class_images=2, base=base)
+
+    def with_base_minutes(self, minutes: float) -> AdaptationPlan:
+        """A copy whose base trains for `minutes` in all, split as the default plan splits it (autoencoder, report
+        reader, text-to-image model)."""
+        b = self.base
+        scale = minutes / (b.autoencoder_minutes + b.reader_minutes + b.diffusion_minutes)
+        base = replace(b, autoencoder_minutes=b.autoencoder_minutes * scale, reader_minutes=b.reader_minutes * scale,
+                       diffusion_minutes=b.diffusion_minutes * scale)
+        return replace(self, base=base)
 
     def with_options(self, **changes: object) -> AdaptationPlan:
         """A copy with the given fields replaced (None values are ignored: an option left unset)."""

@@ -187,7 +187,8 @@ def html_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], 
                 + f"<p>{html.escape(verdict['text']).replace(chr(10), '<br>')}</p>"),
         section("Plots", auc_against_n(rows) + retained_against_new(rows)),
         section("Every run", table(COLUMNS, full)),
-        section("Images asked for the new finding (largest N; first row of each: label prompts)", image_grids(rows)),
+        section("Images at the largest N: new finding asked by label, then by report; base conditions by label",
+                image_grids(rows)),
         section("Judge on real held-out images (the ceiling)", table(
             ["finding", "AUC", "side accuracy"],
             [[k, v.get("auc"), v.get("side_accuracy")] for k, v in summary.get("judge_on_real_images", {}).items()

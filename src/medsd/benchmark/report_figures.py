@@ -62,7 +62,8 @@ def retained_against_new(rows: list[dict[str, Any]]) -> str:
 
 
 def image_grids(rows: list[dict[str, Any]]) -> str:
-    """Per finding and method (at its largest N, and the base): the images asked for the new finding."""
+    """Per finding and method (at its largest N, and the base): the images asked for the new finding (label
+    prompts, then report prompts), then the base conditions' label-prompt images (what forgetting looks like)."""
     from medsd.evaluate.io import read_image
     from medsd.evaluate.report import figure, grid_image
 
@@ -75,7 +76,9 @@ def image_grids(rows: list[dict[str, Any]]) -> str:
             if not judged_csv.is_file():
                 continue
             judged = pd.read_csv(judged_csv)
-            files = judged.loc[judged["condition"] == NEW, "file"].head(2 * GRID_COLUMNS)
+            new = judged.loc[judged["condition"] == NEW, "file"].head(2 * GRID_COLUMNS)
+            base = judged.loc[(judged["condition"] != NEW) & (judged["kind"] == "label"), "file"].head(GRID_COLUMNS)
+            files = [*new, *base]
             images = torch.stack([read_image(Path(row["run"]) / "generated" / f, None) for f in files])
             caption = (f"{finding}, {row['method_id']} ({row['setting']}), N = {row['n_examples']}: new-finding AUC "
                        f"{_f(row['new_finding_auc'])}, retained {_f(row['retained_auc'])}")

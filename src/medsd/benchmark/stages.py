@@ -1,7 +1,8 @@
 """`run_adaptation_benchmark`: the benchmark's stages in order, each timed, each reused when already done.
 
 1. render the real phantom sets (judge, held-out, one pool per held-out finding);
-2. train the judge on every finding and measure it on the held-out images (its ceiling on real images);
+2. train the judge on every finding (or take `--judge DIR`, e.g. the demo's) and measure it on the held-out
+   images (its ceiling on real images);
 3. the base: `pretrain_text_model(exclude_findings=held_out)`, or `--base DIR` (checked not to have seen them);
 4. DreamBooth's class images, drawn once by the base;
 5. the base's own row per held-out finding, then the grid: every (N, finding, method) run
@@ -50,9 +51,10 @@ class Stages:
         return result
 
 
-def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None = None,
+def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None = None, judge: Path | None = None,
                              seed: int = 0) -> dict[str, Any]:
-    """Run every stage into `out`; returns the summary (also OUT/summary.json)."""
+    """Run every stage into `out`; returns the summary (also OUT/summary.json). `base`: a base to reuse;
+    `judge`: a trained phantom judge folder to reuse (it must know every finding)."""
     from medsd.benchmark.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -61,18 +63,19 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
     stages = Stages()
-    data = stages.run("phantom sets", render_sets, out / "data", plan, seed)
-    judge = stages.run("judge", train_judge, data, out / "judge", plan, seed)
+    data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None)
+    judged = stages.run("judge", train_judge, data, out / "judge", plan, seed, judge)
     base_model = stages.run("base model", prepare_base, out, plan, base, seed)
-    check_folder(out, plan, base_model, seed)
-    ctx = Context(out, plan, base_model, judge["model"], judge["heldout_features"], out / "class_images", seed)
+    check_folder(out, plan, base_model, judge, seed)
+    ctx = Context(out, plan, base_model, judged["model"], judged["heldout_features"], out / "class_images", seed)
     if any(s.family == "dreambooth" and s.method.get("with_prior_preservation") for s in specs):
         stages.run("class images", make_class_images, ctx)
     rows = stages.run("adaptation grid", run_grid, ctx, data, specs)
     summary = {
         "out": str(out), "plan": asdict(plan), "images_per_run": plan.images_per_run, "base_model": str(base_model),
         "seed": seed,
-        "seconds": stages.seconds, "judge_on_real_images": judge["metrics"], "torch_threads": torch.get_num_threads(),
+        "judge": str(judge or out / "judge"), "seconds": stages.seconds, "judge_on_real_images": judged["metrics"],
+        "torch_threads": torch.get_num_threads(),
         "load_average": list(_load_average()),
     }
     summary.update(write_report(out, rows, summary))
@@ -84,17 +87,22 @@ def base_findings(plan: AdaptationPlan) -> list[str]:
     return [f for f in FINDINGS if f not in plan.held_out]
 
 
-def train_judge(data: dict[str, Path], folder: Path, plan: AdaptationPlan, seed: int) -> dict[str, Any]:
-    """The phantom judge on every finding (reused when present), its measures on the held-out real images, and
-    their features (the FID reference)."""
+def train_judge(data: dict[str, Path], folder: Path, plan: AdaptationPlan, seed: int,
+                given: Path | None = None) -> dict[str, Any]:
+    """The phantom judge on every finding (reused when present; `given`: a trained one), its measures on the
+    held-out real images (in `folder`), and their features (the FID reference)."""
     from medsd.evaluate.features import extract_features, phantom_extractor
     from medsd.evaluate.io import load_image_folder
     from medsd.phantom.judge import load_reference_classifier, train_reference_classifier
     from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 
-    if not (folder / "model.safetensors").is_file():
+    if given is None and not (folder / "model.safetensors").is_file():
         train_reference_classifier(data["judge"], folder, epochs=plan.judge_epochs, input_size=plan.size, seed=seed)
-    model = load_reference_classifier(folder)
+    model = load_reference_classifier(given or folder)
+    if set(model.findings) != set(FINDINGS) or model.input_size != plan.size:
+        raise MedsdError(f"--judge {given}: it reads {model.findings} at {model.input_size} px; the benchmark needs "
+                         f"every phantom finding at {plan.size} px (omit --judge to train one)")
+    folder.mkdir(parents=True, exist_ok=True)
     images, _ = load_image_folder(data["heldout"], plan.size)
     held_out = folder / "heldout_metrics.json"
     if not held_out.is_file():
@@ -138,9 +146,10 @@ def base_training_findings(pipeline: Path) -> list[str] | None:
     return json.loads(manifest.read_text()).get("findings") if manifest.is_file() else None
 
 
-def check_folder(out: Path, plan: AdaptationPlan, base_model: Path, seed: int) -> None:
-    """Refuse to mix runs made with another base or other run settings into one results table."""
-    stamp = {"base_model": str(base_model), "seed": seed, **{k: getattr(plan, k) for k in RUN_FIELDS},
+def check_folder(out: Path, plan: AdaptationPlan, base_model: Path, judge: Path | None, seed: int) -> None:
+    """Refuse to mix runs made with another base, judge or other run settings into one results table."""
+    stamp = {"base_model": str(base_model), "judge": str(judge) if judge else None, "seed": seed,
+             **{k: getattr(plan, k) for k in RUN_FIELDS},
              "base_plan": asdict(plan.base)}
     stamp = json.loads(json.dumps(stamp))
     path = out / "benchmark.json"
