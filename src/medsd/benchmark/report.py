@@ -106,9 +106,11 @@ def target_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         small = {r["finding"]: r["new_finding_auc"] for r in runs if r["method_id"] == mid and r["n_examples"] == n_min}
         big = {r["finding"]: (r["new_finding_auc"], r["retained_drop"]) for r in runs
                if r["method_id"] == mid and r["n_examples"] == n_max}
+        at_small = f"; at N = {n_min} " + "; ".join(f"{f} AUC {_f(a)}" for f, a in small.items()) \
+            if n_min != n_max else ""
         lines.append(f"- {mid}: at N = {n_max} " + "; ".join(
-            f"{f} AUC {_f(a)} (base findings {_signed(-d)})" for f, (a, d) in big.items())
-            + f"; at N = {n_min} " + "; ".join(f"{f} AUC {_f(a)}" for f, a in small.items()) + ".")
+            f"{f} AUC {_f(a)} (base findings {_signed(None if d is None else -d)})" for f, (a, d) in big.items())
+            + at_small + ".")
     return {"met_by": met, "n_max": n_max, "n_min": n_min, "text": "\n".join(lines)}
 
 
