@@ -109,7 +109,7 @@ def target_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         at_small = f"; at N = {n_min} " + "; ".join(f"{f} AUC {_f(a)}" for f, a in small.items()) \
             if n_min != n_max else ""
         lines.append(f"- {mid}: at N = {n_max} " + "; ".join(
-            f"{f} AUC {_f(a)} (base findings {_signed(None if d is None else -d)})" for f, (a, d) in big.items())
+            f"{f} AUC {_f(a)} (base findings {_signed(None if d is None else 0.0 - d)})" for f, (a, d) in big.items())
             + at_small + ".")
     return {"met_by": met, "n_max": n_max, "n_min": n_min, "text": "\n".join(lines)}
 
@@ -153,10 +153,14 @@ def markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             drop = at.get(n_max, {}).get("retained_drop")
             aucs = [_f(at.get(n, {}).get("new_finding_auc")) for n in ns]
             cells = [f"`{entry['method']}`", entry["setting"], *aucs] + [
-                _signed(None if drop is None else -drop), _f(at.get(n_min, {}).get("near_copy_rate")),
+                _signed(None if drop is None else 0.0 - drop), _f(at.get(n_min, {}).get("near_copy_rate")),
                 _f(at.get(n_max, {}).get("fid"), 1), _steps(at), _size(at.get(n_max, {}).get("artefact_bytes"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _loads(values: list[float] | None) -> str:
+    return ", ".join(f"{v:.1f}" for v in values) if values else "–"
 
 
 def _steps(at: dict[int, dict[str, Any]]) -> str:
@@ -177,7 +181,8 @@ def html_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], 
     notes = [f"Every run: {budget}, then "
              f"{summary.get('images_per_run')} images generated with "
              f"{plan.get('sample_steps')} DDIM steps at guidance {plan.get('guidance')}, judged by the phantom judge. "
-             f"Load average at the end: {summary.get('load_average')}; torch threads: {summary.get('torch_threads')}.",
+             f"Load average (1, 5, 15 min) at the end: {_loads(summary.get('load_average'))}; torch threads: "
+             f"{summary.get('torch_threads')}.",
              f"Stage seconds: {summary.get('seconds')}."]
     full = [[r.get(c) if c != "artefact_bytes" else _size(r.get(c)) for c in COLUMNS] for r in rows]
     markdown = markdown_table(rows, summary)
