@@ -33,7 +33,7 @@ from medsd.phantom.text_model import TextModelPlan
 log = logging.getLogger(__name__)
 
 EXAMPLE_PROMPT = "Moderate cardiomegaly. Small right pleural effusion."
-FIXED_MINUTES = 8.0  # phantom, judge, report reader, generation and evaluation at the default sizes (2 CPU cores)
+FIXED_MINUTES = 7.5  # phantom, judge, report reader, generation and evaluation at the default sizes (2 CPU cores)
 
 
 @dataclass
@@ -43,9 +43,9 @@ class DemoPlan:
     n_heldout: int = 400
     classifier_epochs: int = 25
     model: TextModelPlan = field(default_factory=TextModelPlan)
-    label_images: int = 16  # per label prompt (no finding, 5 findings, 2 combinations)
-    report_images: int = 6  # per report configuration (35: findings x severities x sides, combinations)
-    held_out_images: int = 4  # per configuration, written with held-out phrases only
+    label_images: int = 12  # per label prompt (no finding, 5 findings, 2 combinations)
+    report_images: int = 5  # per report configuration (35: findings x severities x sides, combinations)
+    held_out_images: int = 3  # per configuration, written with held-out phrases only
     example_images: int = 8
 
     @classmethod

@@ -57,26 +57,15 @@ def test_cases(plan: Any, seed: int) -> dict[str, list[Any]]:
 
 def generate_all(root: Path, pipeline: Path, data: dict[str, Path], plan: Any, seed: int) -> dict[str, Path]:
     """Generate every test prompt (one image each, seed + k), an interpolation strip and an inpainting."""
-    from medsd.generate.api import generate
     from medsd.generate.inpaint import inpaint
     from medsd.generate.interpolate import interpolate
     from medsd.generate.loading import load_model
-    from medsd.phantom.prompt_suite import cases_frame, label_prompt
+    from medsd.phantom.prompt_suite import label_prompt
 
     m = plan.model
     common = {"steps": m.sample_steps, "scheduler": "ddim", "guidance": m.guidance, "device": "cpu", "seed": seed}
     model = load_model(str(pipeline), device="cpu")
-    folders = {}
-    for kind, cases in test_cases(plan, seed).items():
-        folder = folders[kind] = root / kind
-        table = generate(model, [c.prompt for c in cases], num_images=1, out_dir=folder, batch_size=16,
-                         height=m.size, width=m.size, **common)
-        asked = cases_frame(cases, list(FINDINGS)).assign(file=table["file"].to_numpy())
-        asked.to_csv(folder / "cases.csv", index=False)
-        # Label columns in generation_results.csv let `medsd evaluate` score the folder with the true asks
-        # (it would otherwise look for finding names in the prompt, and "No pneumothorax." names one).
-        table[list(FINDINGS)] = asked[list(FINDINGS)].to_numpy()
-        table.to_csv(folder / "generation_results.csv", index=False)
+    folders = generate_test_prompts(model, root, plan, seed)
     folders["interpolation"] = root / "interpolation"
     interpolate(model, label_prompt(()), label_prompt(("Cardiomegaly",)), frames=6, out_dir=folders["interpolation"],
                 height=m.size, width=m.size, **common)
@@ -85,6 +74,38 @@ def generate_all(root: Path, pipeline: Path, data: dict[str, Path], plan: Any, s
     inpaint(model, healthy, prompt, mask=mask, num_images=4, out_dir=folders["inpainting"], **common)
     (folders["inpainting"] / "asked.json").write_text(json.dumps({"prompt": prompt, "side": side}))
     return folders
+
+
+def generate_test_prompts(model: Any, root: Path, plan: Any, seed: int) -> dict[str, Path]:
+    """One image per test prompt (seed + k) into ROOT/KIND/, with `cases.csv`: what each image was asked for."""
+    from medsd.generate.api import generate
+    from medsd.phantom.prompt_suite import cases_frame
+
+    m, folders = plan.model, {}
+    for kind, cases in test_cases(plan, seed).items():
+        folder = folders[kind] = root / kind
+        table = generate(model, [c.prompt for c in cases], num_images=1, out_dir=folder, batch_size=16,
+                         height=m.size, width=m.size, steps=m.sample_steps, scheduler="ddim", guidance=m.guidance,
+                         device="cpu", seed=seed)
+        asked = cases_frame(cases, list(FINDINGS)).assign(file=table["file"].to_numpy())
+        asked.to_csv(folder / "cases.csv", index=False)
+        # Label columns in generation_results.csv let `medsd evaluate` score the folder with the true asks
+        # (it would otherwise look for finding names in the prompt, and "No pneumothorax." names one).
+        table[list(FINDINGS)] = asked[list(FINDINGS)].to_numpy()
+        table.to_csv(folder / "generation_results.csv", index=False)
+    return folders
+
+
+def judge_test_prompts(judge: Any, folders: dict[str, Path], size: int) -> pd.DataFrame:
+    """The judge's reading of every image of `generate_test_prompts`, beside what it was asked for."""
+    from medsd.evaluate.io import load_image_folder
+    from medsd.phantom.prompt_faithfulness import judged_frame
+
+    frames = []
+    for kind in KINDS:
+        images, _ = load_image_folder(folders[kind], size)
+        frames.append(judged_frame(judge, images, pd.read_csv(folders[kind] / "cases.csv")))
+    return pd.concat(frames, ignore_index=True)
 
 
 def inpainting_inputs(folder: Path) -> tuple[Path, Path, str, str]:
@@ -116,13 +137,10 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
     from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 
     size, judge = plan.model.size, load_reference_classifier(classifier)
-    frames = []
-    for kind in KINDS:
-        images, _ = load_image_folder(generated[kind], size)
-        frames.append(judged_frame(judge, images, pd.read_csv(generated[kind] / "cases.csv")))
     real_images, _ = load_image_folder(data["heldout"], size)
-    frames.append(judged_frame(judge, real_images, real_cases(data["heldout"], list(FINDINGS))))
-    judged = pd.concat(frames, ignore_index=True)
+    real = judged_frame(judge, real_images, real_cases(data["heldout"], list(FINDINGS)))
+    judged = pd.concat([judge_test_prompts(judge, generated, size), real], ignore_index=True)
+    n_label = int((judged["kind"] == "label").sum())
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     judged.to_csv(report_dir / "judged.csv", index=False)
@@ -134,7 +152,7 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
         real=data["heldout"], generated=generated["label"], out=report_dir, train=data["train"],
         spaces=["phantom"], phantom_classifier=classifier, size=size, logs=run / "logs",
         title="medsd demo: a text-to-image model trained from scratch on phantom reports",
-        notes=[f"Generated set: the label prompts ({len(frames[0])} images). Real-vs-real baseline: phantom FID "
+        notes=[f"Generated set: the label prompts ({n_label} images). Real-vs-real baseline: phantom FID "
                f"between {plan.n_heldout} held-out and training images = {baseline:.2f}.",
                "Finding, side and severity measures of every prompt kind: faithfulness.json beside this report."],
     ))
@@ -206,14 +224,29 @@ def write_grid(path: Path, generated: dict[str, Path], judged: pd.DataFrame, per
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The lines printed at the end of the demo: where things are, then the measured tables."""
-    faith = summary["faithfulness"]
-    kinds = [k for k in ("label", "report", "held_out", "example", "real") if k in faith]
     lines = ["", "medsd demo finished.",
              f"  model:         {summary['model']}  (a StableDiffusionPipeline folder)",
              f"  report:        {summary['report']}",
              f"  grid:          {summary['grid']}",
              f"  logs:          {summary['tensorboard']}",
              f"  try:           {summary['generate_example']}", ""]
+    lines += format_faithfulness(summary["faithfulness"])
+    lines += ["",
+              f"  phantom FID (label prompts): {_fmt(summary.get('fid_phantom'))} "
+              f"(real vs real: {_fmt(summary.get('fid_real_vs_real'))})",
+              f"  diversity:     MS-SSIM {_fmt(summary.get('diversity_ms_ssim'))} (lower is more diverse)",
+              f"  memorization:  {_fmt(summary.get('memorized_share'))} of generated images flagged as near-copies",
+              f"  interpolation no finding -> Cardiomegaly, judged p: {summary.get('interpolation_cardiomegaly_p')}",
+              f"  inpainting '{summary['inpainting']['prompt']}': effusion p {summary['inpainting']['effusion_p']}, "
+              f"side accuracy {_fmt(summary['inpainting']['side_accuracy'])}",
+              f"  stage seconds: {summary['seconds']}"]
+    return "\n".join(lines)
+
+
+def format_faithfulness(faith: dict[str, Any]) -> list[str]:
+    """The judge's tables (AUC, false-positive share, side accuracy, severity Spearman) by prompt kind."""
+    kinds = [k for k in ("label", "report", "held_out", "example", "real") if k in faith]
+    lines: list[str] = []
 
     def table(title: str, key: str, findings: list[str], kinds_: list[str]) -> None:
         lines.append(f"  {title}")
@@ -232,16 +265,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append("    " + f"{'all sided images':<18}" + "".join(f"{_fmt(faith[k].get('side_accuracy')):>10}"
                                                           for k in sided))
     table("severity Spearman (asked level or lesion size vs judged)", "severity_spearman", FINDINGS, sided)
-    lines += ["",
-              f"  phantom FID (label prompts): {_fmt(summary.get('fid_phantom'))} "
-              f"(real vs real: {_fmt(summary.get('fid_real_vs_real'))})",
-              f"  diversity:     MS-SSIM {_fmt(summary.get('diversity_ms_ssim'))} (lower is more diverse)",
-              f"  memorization:  {_fmt(summary.get('memorized_share'))} of generated images flagged as near-copies",
-              f"  interpolation no finding -> Cardiomegaly, judged p: {summary.get('interpolation_cardiomegaly_p')}",
-              f"  inpainting '{summary['inpainting']['prompt']}': effusion p {summary['inpainting']['effusion_p']}, "
-              f"side accuracy {_fmt(summary['inpainting']['side_accuracy'])}",
-              f"  stage seconds: {summary['seconds']}"]
-    return "\n".join(lines)
+    return lines
 
 
 def _fmt(value: Any) -> str:

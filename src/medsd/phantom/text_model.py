@@ -48,7 +48,9 @@ class TextModelPlan:
     reader_steps: int = 600
     diffusion_minutes: float = 10.0
     diffusion_steps: int = 30000
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3  # the U-Net's; 1e-3 learned side and severity more slowly (README)
+    text_encoder_learning_rate: float = 1e-4  # lower, so the U-Net's early noise does not erase what the reader learned
+    reader_learning_rate: float = 1e-3
     label_share: float = 0.3  # images trained with their label prompt instead of their report
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
@@ -78,7 +80,7 @@ def report_reader_recipe(out: Path, base_model: Path, data: Path, plan: TextMode
     return {
         **recipe, "output_dir": str(out / "runs" / "report_reader"),
         "training": {**_training(plan), "batch_size": 2 * plan.batch_size, "max_steps": plan.reader_steps,
-                     "max_minutes": plan.reader_minutes, "learning_rate": plan.learning_rate,
+                     "max_minutes": plan.reader_minutes, "learning_rate": plan.reader_learning_rate,
                      "cache_latents": False, "checkpointing_steps": 500},
         "method": {"name": "report_reader", "findings": list(FINDINGS)},
         "validation": {"steps": 100_000},
@@ -100,8 +102,10 @@ def text_to_image_recipe(out: Path, base_model: Path, data: Path, vae: Path, pla
     return {
         **recipe, "output_dir": str(out / "runs" / "text_to_image"),
         "training": {**_training(plan), "max_steps": plan.diffusion_steps, "max_minutes": plan.diffusion_minutes,
-                     "learning_rate": plan.learning_rate, "min_snr_gamma": 5.0, "ema": True,
-                     "ema_decay": plan.ema_decay, "checkpointing_steps": 500},
+                     "learning_rate": plan.learning_rate,
+                     "text_encoder_learning_rate": plan.text_encoder_learning_rate, "min_snr_gamma": 5.0,
+                     "ema": True, "ema_decay": plan.ema_decay, "checkpointing_steps": 500,
+                     "channels_last": True},  # 14% faster U-Net steps on CPU too (measured, demo model)
         "method": {"name": "full", "train_text_encoder": True, "init": "scratch", "vae": str(vae),
                    "caption_dropout": plan.caption_dropout},
         "validation": {"prompts": ["No acute cardiopulmonary abnormality.", example], "seeds": [0, 1],

@@ -33,9 +33,10 @@ class FullFineTune(Method):
         c = self.components
         self.weight_dtype = weight_dtype
         device = next(c.unet.parameters()).device
-        if self.cfg.vae:
+        # DreamBooth shares this setup; its settings have neither field.
+        if getattr(self.cfg, "vae", None):
             c.vae = load_vae(self.cfg.vae).to(device)
-        if self.cfg.init == "scratch":
+        if getattr(self.cfg, "init", "pretrained") == "scratch":
             c.unet = fresh_unet(c.unet, c.vae.config.latent_channels).to(device)
         c.vae.requires_grad_(False)
         c.vae.to(dtype=weight_dtype)
@@ -55,7 +56,7 @@ class FullFineTune(Method):
 
     def encode_condition(self, batch: dict[str, Any]) -> torch.Tensor:
         """Text embeddings of the batch, a `caption_dropout` share of them those of the empty prompt."""
-        p = self.cfg.caption_dropout
+        p = getattr(self.cfg, "caption_dropout", 0.0)
         if not p:
             return super().encode_condition(batch)
         drop = torch.rand(len(batch["prompt"])) < p

@@ -1,0 +1,60 @@
+"""Judge any phantom text-to-image pipeline with the demo's prompts: finding AUC, false positives, side, severity.
+
+The same prompt suite and judge as `medsd demo` (label prompts, report prompts, reports in held-out phrasing,
+the README's example), for a model trained some other way: a longer run, other settings, an adapted model.
+
+    python benchmarks/judge_text_model.py --model demo_out/runs/text_to_image/pipeline \\
+        --judge demo_out/classifier --heldout demo_out/data/phantom_heldout --out /tmp/judged
+
+Prints the demo's tables and writes OUT/faithfulness.json and OUT/judged.csv (one row per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from medsd.demo import DemoPlan
+from medsd.demo_stages import format_faithfulness, generate_test_prompts, judge_test_prompts
+from medsd.evaluate.io import load_image_folder
+from medsd.generate.loading import load_model
+from medsd.phantom.judge import load_reference_classifier
+from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
+from medsd.phantom.render import FINDINGS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="StableDiffusionPipeline folder")
+    parser.add_argument("--judge", required=True, type=Path, help="phantom judge folder (demo_out/classifier)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for images and tables")
+    parser.add_argument("--heldout", type=Path, default=None, help="real held-out phantom set, for the 'real' column")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the demo's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    plan = DemoPlan()
+    plan.model.guidance = args.guidance or plan.model.guidance
+    plan.model.sample_steps = args.steps or plan.model.sample_steps
+    judge = load_reference_classifier(args.judge)
+    folders = generate_test_prompts(load_model(str(args.model), device="cpu"), args.out, plan, args.seed)
+    frames = [judge_test_prompts(judge, folders, plan.model.size)]
+    if args.heldout is not None:
+        images, _ = load_image_folder(args.heldout, plan.model.size)
+        frames.append(judged_frame(judge, images, real_cases(args.heldout, list(FINDINGS))))
+    judged = pd.concat(frames, ignore_index=True)
+    judged.to_csv(args.out / "judged.csv", index=False)
+    faith = faithfulness_report(judged, list(FINDINGS))
+    (args.out / "faithfulness.json").write_text(json.dumps(faith, indent=2))
+    print(f"model {args.model}, guidance {plan.model.guidance}, {plan.model.sample_steps} DDIM steps")
+    print("\n".join(format_faithfulness(faith)))
+
+
+if __name__ == "__main__":
+    main()
