@@ -18,9 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsd.train.conditioning import set_trainable
 from medsd.train.full import FullFineTune
-from medsd.train.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +43,8 @@ class DreamBooth(FullFineTune):
             with PartialState().main_process_first():
                 folder = self.ensure_class_images()
             self.class_latent_params = self._encode_class_images(folder)
-        self._freeze(weight_dtype)
+        super().setup(weight_dtype)
         self._class_embeds: torch.Tensor | None = None
-
-    def _freeze(self, weight_dtype: torch.dtype) -> None:
-        # Not `FullFineTune.setup`: that also reads full's from-scratch settings (a fresh U-Net, another VAE,
-        # caption dropout), which DreamBooth, fine-tuning the model's own U-Net in its own latent space, lacks.
-        c = self.components
-        self.weight_dtype = weight_dtype
-        set_trainable(c.vae, False, weight_dtype)
-        set_trainable(c.unet, True, weight_dtype)
-        set_trainable(c.text_encoder, self.cfg.train_text_encoder, weight_dtype)
-        if self.cfg.train_text_encoder:
-            c.text_encoder.train()
-
-    def encode_condition(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Every prompt as it is (DreamBooth has no caption dropout)."""
-        return Method.encode_condition(self, batch)
 
     @property
     def resolution(self) -> int:
