@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "env": "Print Python, torch (device), diffusers, transformers, peft and accelerate versions; warn when the "
     "installed set differs from the tested lock.",
     "ui": "Serve a web page for generating and inspecting images (needs the ui extra: gradio).",
+    "benchmark": "Measure methods where the truth is known (adaptation: which method teaches a new finding).",
 }
 
 # Where each stage's CLI lives: (module, function) — "register" adds subcommands to a group,
@@ -44,6 +45,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "demo": ("medsd.demo", "configure"),
     "env": ("medsd.env", "configure"),
     "ui": ("medsd.ui.cli", "configure"),
+    "benchmark": ("medsd.benchmark.cli", "register"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks with known truth on the phantom: `medsd benchmark adaptation` (which method teaches a new finding)."""

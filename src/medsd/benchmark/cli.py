@@ -1,0 +1,71 @@
+"""`medsd benchmark ...`: measurements with known truth on the phantom (`adaptation`: which method teaches a new
+finding)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `medsd benchmark adaptation`."""
+    from medsd.benchmark.methods import METHODS
+    from medsd.benchmark.plan import DEFAULT_HELD_OUT
+
+    p = subparsers.add_parser(
+        "adaptation", help="Teach a base that never saw some findings each one from N examples, with every text "
+        "method; judge what it learned and what it forgot.",
+        description="Pretrain (or reuse, --base) a phantom text-to-image model without the held-out findings, adapt "
+        "it to each from N = 5, 25, 100 examples with every text method under one time budget per run, and judge "
+        "the results. Writes OUT/results.json, OUT/report.html and OUT/table.md; finished runs are reused.")
+    p.add_argument("--out", default="benchmark_out/adaptation",
+                   help="output folder (default: benchmark_out/adaptation)")
+    p.add_argument("--base", type=Path, default=None,
+                   help="reuse a base: a pipeline folder or a pretrain_text_model output that never saw the findings")
+    p.add_argument("--judge", type=Path, default=None,
+                   help="reuse a trained phantom judge that knows every finding (e.g. the demo's OUT/classifier)")
+    p.add_argument("--base-minutes", type=float, default=None,
+                   help="training minutes of the base, split like the default (2.5 autoencoder, 1 report reader, 10 "
+                   "text-to-image)")
+    p.add_argument("--quick", action="store_true", help="N = 100 and six methods (every family), ~12 min with a base")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, every stage in a few minutes (tests)")
+    p.add_argument("--findings", nargs="+", default=None, metavar="FINDING",
+                   help=f"held-out findings (default: {', '.join(DEFAULT_HELD_OUT)})")
+    p.add_argument("--n", nargs="+", type=int, default=None, metavar="N",
+                   help="training images per run (default: 5 25 100)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="ID", help=f"method ids: {', '.join(METHODS)}")
+    p.add_argument("--run-minutes", type=float, default=None, help="training budget of every run (default: 0.5)")
+    p.add_argument("--run-steps", type=int, default=None,
+                   help="train every run for exactly this many steps instead of a time budget (numbers that do not "
+                   "depend on the machine's load)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on shared cores more threads were slower; try 2 on a quiet "
+                   "machine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, weights and sampling")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from medsd.benchmark.plan import AdaptationPlan
+    from medsd.benchmark.stages import run_adaptation_benchmark
+
+    torch.set_num_threads(max(1, args.threads))
+    plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
+    plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
+                             n_examples=tuple(args.n) if args.n else None,
+                             methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes)
+    if args.base_minutes:
+        plan = plan.with_base_minutes(args.base_minutes)
+    if args.run_steps:
+        plan = replace(plan, run_minutes=None, max_steps=args.run_steps)
+    summary = run_adaptation_benchmark(Path(args.out), plan, base=args.base, judge=args.judge, seed=args.seed)
+    print(Path(summary["table"]).read_text())
+    print(f"report: {summary['report']}\nresults: {summary['results']}\nstage seconds: {summary['seconds']}")
+    return 0

@@ -1,0 +1,71 @@
+"""The benchmark's real phantom images: the judge's set, held-out images, and the N examples of each new finding.
+
+- `judge`: every finding, trains the judge (which must know the held-out findings the base never saw);
+- `heldout`: every finding, other virtual patients: the FID reference and the judge's own accuracy on real images;
+- `pool_<finding>`: rendered with that finding only (about 70 % of its images carry it, the rest are normal), so
+  the adaptation examples show the new finding alone. The N examples are its first N images with the finding
+  (N = 5 is inside N = 25, inside N = 100), in `examples_<finding>_nNNN.csv` beside the images, each with a
+  report rewritten to name only the base findings and the new one (as a report of the adapted domain would).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from medsd.benchmark.methods import TrainingSubset
+from medsd.errors import MedsdError
+from medsd.phantom.render import FINDINGS, finding_slug
+from medsd.phantom.text_model import render_training_set
+
+log = logging.getLogger(__name__)
+
+SEED_OFFSETS = {"judge": 1, "heldout": 2}  # pools: 10 + the finding's index, so every set has its own patients
+
+
+def render_sets(root: Path, plan: object, seed: int, judge_set: bool = True) -> dict[str, Path]:
+    """Render (or reuse) the judge set (unless a trained judge is given), the held-out set and one pool per
+    held-out finding under `root`."""
+    every = list(FINDINGS)
+    sets = {"heldout": render_training_set(root / "phantom_heldout", plan.n_heldout, plan.size,
+                                           seed + SEED_OFFSETS["heldout"], every)}
+    if judge_set:
+        sets["judge"] = render_training_set(root / "phantom_judge", plan.n_judge, plan.size,
+                                            seed + SEED_OFFSETS["judge"], every)
+    for finding in plan.held_out:
+        sets[pool_name(finding)] = render_training_set(root / f"phantom_{pool_name(finding)}", plan.n_pool, plan.size,
+                                                       seed + 10 + FINDINGS.index(finding), [finding])
+    return sets
+
+
+def pool_name(finding: str) -> str:
+    return f"pool_{finding_slug(finding)}"
+
+
+def training_subset(pool: Path, finding: str, n: int, base_findings: list[str]) -> TrainingSubset:
+    """Write (or reuse) the CSV of the first `n` pool images that carry `finding`, reports naming only the base
+    findings and `finding`."""
+    from medsd.phantom.reports import report_for_record
+
+    csv = pool / f"examples_{finding_slug(finding)}_n{n:03d}.csv"
+    subset = TrainingSubset(finding, n, pool, csv, tuple(base_findings))
+    if csv.is_file():
+        return subset
+    frame = pd.read_csv(pool / "train.csv")
+    chosen = frame[frame[finding] == 1].head(n).copy()
+    if len(chosen) < n:
+        raise MedsdError(f"{pool} holds only {len(chosen)} images with {finding}, fewer than N={n}; raise the "
+                         f"plan's n_pool (now {len(frame)})")
+    records = {}
+    for line in (pool / "params.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            records[rec["path"]] = rec
+    named = [*base_findings, finding]
+    chosen["Report"] = [report_for_record(records[path], findings=named).text for path in chosen["Path"]]
+    chosen.to_csv(csv, index=False)
+    log.info("wrote %d examples of %s to %s", n, finding, csv)
+    return subset

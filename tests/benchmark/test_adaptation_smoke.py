@@ -1,0 +1,127 @@
+"""The adaptation benchmark end to end at smoke sizes: base without the held-out finding, runs, results, report,
+resume, and the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medsd.benchmark.plan import AdaptationPlan
+from medsd.benchmark.stages import run_adaptation_benchmark
+from medsd.config import load_run_config
+from medsd.errors import MedsdError
+
+METHODS = ("ti_v8", "lora_unet_te_r4", "dreambooth_prior")
+REQUIRED = ("method", "setting", "n_examples", "new_finding_auc", "retained_auc", "fid", "near_copy_rate",
+            "train_seconds", "artefact_bytes")
+
+
+def _plan() -> AdaptationPlan:
+    return replace(AdaptationPlan.smoke(), held_out=("Pneumothorax",), methods=METHODS)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("adaptation")
+    return out, run_adaptation_benchmark(out, _plan())
+
+
+def test_rows_for_the_base_and_every_method(bench: tuple[Path, dict]) -> None:
+    out, summary = bench
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method_id"] for r in rows] == ["base", *METHODS]
+    for row in rows:
+        assert all(key in row for key in REQUIRED), row
+        assert 0.0 <= row["new_finding_auc"] <= 1.0 and 0.0 <= row["retained_auc"] <= 1.0
+        assert row["fid"] >= 0 and row["peak_memory_mb"] > 0
+    runs = rows[1:]
+    assert all(r["n_examples"] == 2 and r["steps"] == 2 and r["train_seconds"] > 0 for r in runs)
+    assert all(r["artefact_bytes"] > 0 and 0.0 <= r["near_copy_rate"] <= 1.0 for r in runs)
+    assert rows[0]["retained_drop"] == 0.0 and rows[0]["near_copy_rate"] is None
+    assert {r["method"] for r in runs} == {"textual_inversion", "lora", "dreambooth"}
+    # Each image the judge read is on disk, with the prompt it was asked.
+    judged = pd.read_csv(Path(runs[0]["run"]) / "judged.csv")
+    assert len(judged) == _plan().images_per_run
+    assert all((Path(runs[0]["run"]) / "generated" / f).is_file() for f in judged["file"])
+    assert judged["prompt"].str.contains("<pneumothorax>").sum() == 2 * _plan().new_images
+
+
+def test_the_base_never_saw_the_held_out_finding(bench: tuple[Path, dict]) -> None:
+    out, summary = bench
+    manifest = json.loads((out / "base" / "data" / "phantom_train" / "phantom.json").read_text())
+    assert "Pneumothorax" not in manifest["findings"] and "Cardiomegaly" in manifest["findings"]
+    assert summary["base_model"] == str(out / "base" / "runs" / "text_to_image" / "pipeline")
+
+
+def test_every_run_is_a_rerunnable_recipe_without_leftover_checkpoints(bench: tuple[Path, dict]) -> None:
+    out, _ = bench
+    for method in METHODS:
+        cfg = load_run_config(out / "configs" / f"pneumothorax_n002_{method}.yaml")
+        assert cfg.training.max_minutes == _plan().run_minutes
+        run = Path(cfg.output_dir)
+        assert (run / "training_done.json").is_file() and not (run / "checkpoints").exists()
+    assert len(list((out / "class_images").glob("*.png"))) == _plan().class_images
+
+
+def test_report_table_and_verdict(bench: tuple[Path, dict]) -> None:
+    out, summary = bench
+    page = (out / "report.html").read_text()
+    assert page.count("<img") >= 2 + 1 + len(METHODS)  # two plots, base and method grids
+    table = (out / "table.md").read_text()
+    assert table.startswith("| method | setting | new AUC N=2 |") and "`lora`" in table and "Target" in table
+    assert summary["target"]["met_by"] == [] or set(summary["target"]["met_by"]) <= set(METHODS)
+    assert set(summary["seconds"]) >= {"phantom sets", "judge", "base model", "adaptation grid"}
+
+
+def test_second_call_reuses_every_run_and_other_settings_are_refused(bench: tuple[Path, dict],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import medsd.train.loop
+
+    out, _ = bench
+    before = json.loads((out / "results.json").read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(medsd.train.loop, "train", no_training)
+    run_adaptation_benchmark(out, _plan())
+    after = json.loads((out / "results.json").read_text())
+    assert after == before
+    with pytest.raises(MedsdError, match="other settings"):
+        run_adaptation_benchmark(out, replace(_plan(), new_images=3))
+
+
+def test_a_base_and_a_judge_are_reused_from_another_folder(bench: tuple[Path, dict], tmp_path: Path) -> None:
+    first, summary = bench
+    out = tmp_path / "again"
+    again = run_adaptation_benchmark(out, replace(_plan(), methods=()), base=first / "base", judge=first / "judge")
+    assert again["base_model"] == summary["base_model"] and again["judge"] == str(first / "judge")
+    assert not (out / "data" / "phantom_judge").exists() and not (out / "base").exists()
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method_id"] for r in rows] == ["base"]
+    # The same base, judge, prompts and seeds: the base's row is measured again to the same numbers.
+    first_base = json.loads((first / "results.json").read_text())[0]
+    assert rows[0]["new_finding_auc"] == pytest.approx(first_base["new_finding_auc"])
+
+
+def test_cli_rejects_an_unknown_method_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from medsd.cli import main
+
+    assert main(["benchmark", "adaptation", "--smoke", "--methods", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "ti_v1" in err[0]
+
+
+@pytest.mark.slow
+def test_cli_smoke_runs_every_method_for_both_findings(tmp_path: Path) -> None:
+    from medsd.cli import main
+
+    assert main(["benchmark", "adaptation", "--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert len(rows) == 2 + 2 * 11
+    assert {r["finding"] for r in rows} == {"Pneumothorax", "Lung Lesion"}
+    assert all(r["steps"] == 2 for r in rows if r["method"] != "base")

@@ -1,0 +1,47 @@
+"""The N examples of a new finding: images that show it, reports that name it and nothing held out besides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from medsd.benchmark.data import render_sets, training_subset
+from medsd.errors import MedsdError
+from medsd.phantom.report_language import names_any
+
+BASE = ["Cardiomegaly", "Consolidation", "Pleural Effusion"]
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    plan = SimpleNamespace(n_judge=4, n_heldout=4, n_pool=14, size=32, held_out=("Pneumothorax", "Lung Lesion"))
+    return render_sets(tmp_path_factory.mktemp("data"), plan, seed=0)
+
+
+def test_pools_hold_only_their_finding(pools: dict[str, Path]) -> None:
+    for finding in ("Pneumothorax", "Lung Lesion"):
+        frame = pd.read_csv(pools[f"pool_{finding.lower().replace(' ', '_')}"] / "train.csv")
+        others = [f for f in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion")
+                  if f != finding]
+        assert frame[finding].sum() >= 4 and frame[others].to_numpy().sum() == 0
+
+
+@pytest.mark.parametrize("finding, other", [("Pneumothorax", "Lung Lesion"), ("Lung Lesion", "Pneumothorax")])
+def test_examples_are_nested_show_the_finding_and_never_name_the_other_held_out_one(
+        pools: dict[str, Path], finding: str, other: str) -> None:
+    pool = pools[f"pool_{finding.lower().replace(' ', '_')}"]
+    small, large = training_subset(pool, finding, 2, BASE), training_subset(pool, finding, 4, BASE)
+    a, b = pd.read_csv(small.csv), pd.read_csv(large.csv)
+    assert len(a) == 2 and len(b) == 4 and list(a["Path"]) == list(b["Path"][:2])
+    assert b[finding].eq(1).all()
+    assert all(names_any(text, frozenset({finding})) for text in b["Report"])
+    assert not any(names_any(text, frozenset({other})) for text in b["Report"])
+    assert all((pool / p).is_file() for p in b["Path"])
+
+
+def test_too_few_examples_is_one_clear_error(pools: dict[str, Path]) -> None:
+    with pytest.raises(MedsdError, match="n_pool"):
+        training_subset(pools["pool_pneumothorax"], "Pneumothorax", 100, BASE)

@@ -1,0 +1,56 @@
+"""The benchmark's plan: grid sizes, image counts, the base's budget, and a base that saw the findings refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medsd.benchmark.methods import METHODS
+from medsd.benchmark.plan import QUICK_METHODS, AdaptationPlan
+from medsd.benchmark.stages import prepare_base
+from medsd.errors import MedsdError
+
+
+def test_default_grid_quick_grid_and_images_per_run() -> None:
+    plan = AdaptationPlan()
+    assert plan.n_examples == (5, 25, 100) and plan.held_out == ("Pneumothorax", "Lung Lesion")
+    assert len(METHODS) * len(plan.n_examples) * len(plan.held_out) == 66
+    # 12 + 12 new-finding images, 3 + 3 for each of no finding and the three base findings.
+    assert plan.images_per_run == 48
+    assert replace(plan, held_out=("Pneumothorax",)).images_per_run == 24 + 6 * 5
+    quick = AdaptationPlan.quick()
+    assert quick.n_examples == (100,) and quick.methods == QUICK_METHODS and set(QUICK_METHODS) <= set(METHODS)
+    assert {METHODS[m].family for m in QUICK_METHODS} == {s.family for s in METHODS.values()}
+
+
+def test_base_minutes_keep_the_default_split() -> None:
+    plan = AdaptationPlan().with_base_minutes(27.0)
+    b, d = plan.base, AdaptationPlan().base
+    assert b.autoencoder_minutes + b.reader_minutes + b.diffusion_minutes == pytest.approx(27.0)
+    assert b.diffusion_minutes / b.autoencoder_minutes == pytest.approx(d.diffusion_minutes / d.autoencoder_minutes)
+
+
+def _fake_base(root: Path, findings: list[str]) -> Path:
+    pipeline = root / "runs" / "text_to_image" / "pipeline"
+    pipeline.mkdir(parents=True)
+    (pipeline / "model_index.json").write_text("{}")
+    (root / "data").mkdir()
+    (root / "data" / "phantom.json").write_text(json.dumps({"findings": findings}))
+    (root / "configs").mkdir()
+    (root / "configs" / "text_to_image.yaml").write_text(yaml.safe_dump({"data": {"root": str(root / "data")}}))
+    return root
+
+
+def test_a_base_that_saw_a_held_out_finding_is_refused(tmp_path: Path) -> None:
+    plan = AdaptationPlan()
+    clean = _fake_base(tmp_path / "clean", ["Cardiomegaly", "Consolidation", "Pleural Effusion"])
+    assert prepare_base(tmp_path, plan, clean, 0) == (clean / "runs" / "text_to_image" / "pipeline").resolve()
+    seen = _fake_base(tmp_path / "seen", ["Cardiomegaly", "Pneumothorax"])
+    with pytest.raises(MedsdError, match="Pneumothorax"):
+        prepare_base(tmp_path, plan, seen, 0)
+    with pytest.raises(MedsdError, match="model_index.json"):
+        prepare_base(tmp_path, plan, tmp_path / "nothing", 0)

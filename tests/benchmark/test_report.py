@@ -1,0 +1,48 @@
+"""The benchmark's tables: forgetting against the base, the README table, and the target verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsd.benchmark.report import markdown_table, target_verdict, with_drops, write_report
+
+
+def _row(method_id: str, finding: str, n: int, new: float, retained: float, family: str = "lora") -> dict:
+    return {"method": "base" if method_id == "base" else family, "setting": method_id, "method_id": method_id,
+            "finding": finding, "n_examples": n, "new_finding_auc": new, "retained_auc": retained, "fid": 100.0,
+            "near_copy_rate": 0.1 if n == 5 else 0.0, "steps": 200, "train_seconds": 40.0,
+            "artefact_bytes": 2048, "diversity_ms_ssim": 0.6, "peak_memory_mb": 1200.0, "run": "/nowhere"}
+
+
+ROWS = [_row("base", f, 0, 0.5, 0.95) for f in ("Pneumothorax", "Lung Lesion")] + [
+    _row(m, f, n, new, retained)
+    for f in ("Pneumothorax", "Lung Lesion")
+    for m, by_n in {"good": {5: (0.7, 0.94), 100: (0.95, 0.93)}, "forgets": {5: (0.8, 0.8), 100: (0.99, 0.7)}}.items()
+    for n, (new, retained) in by_n.items()
+]
+
+
+def test_drops_are_measured_against_the_base_of_the_same_finding() -> None:
+    rows = with_drops(ROWS)
+    assert {r["retained_drop"] for r in rows if r["method"] == "base"} == {0.0}
+    good = [r for r in rows if r["method_id"] == "good" and r["n_examples"] == 100]
+    assert [r["retained_drop"] for r in good] == [0.02, 0.02]
+
+
+def test_target_is_met_only_by_a_method_that_learns_without_forgetting() -> None:
+    verdict = target_verdict(with_drops(ROWS))
+    assert verdict["met_by"] == ["good"] and verdict["n_max"] == 100 and verdict["n_min"] == 5
+    assert "met by good" in verdict["text"] and "at N = 5 Pneumothorax AUC 0.70" in verdict["text"]
+    worse = [dict(r, retained_auc=0.85) if r["method_id"] == "good" else r for r in ROWS]
+    assert target_verdict(with_drops(worse))["met_by"] == []
+
+
+def test_markdown_table_has_a_line_per_method_and_the_means_over_findings(tmp_path: Path) -> None:
+    table = markdown_table(with_drops(ROWS), {})
+    lines = table.splitlines()
+    assert lines[0].startswith("| method | setting | new AUC N=5 | new AUC N=100 | base findings Δ AUC N=100 |")
+    assert len(lines) == 2 + 3 and lines[2].startswith("| base (never saw them)")
+    assert "| `lora` | forgets | 0.80 | 0.99 | -0.250 | 0.10 |" in table
+    paths = write_report(tmp_path, ROWS, {"plan": {"run_minutes": 0.5}, "images_per_run": 48})
+    assert Path(paths["table"]).read_text().startswith(lines[0])
+    assert "<table>" in Path(paths["report"]).read_text() and paths["target"]["met_by"] == ["good"]
