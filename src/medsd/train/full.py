@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from medsd.train.methods import Method
+from medsd.train.methods import Method, save_pipeline_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,5 @@ class FullFineTune(Method):
 
     def save_artefacts(self, out_dir: Path) -> dict[str, str]:
         """A diffusers folder `out_dir/pipeline` with the trained U-Net (and text encoder), in float32."""
-        from diffusers import StableDiffusionPipeline
-
-        c = self.components
-        target = Path(out_dir) / "pipeline"
-        # Reuse the base model's scheduler and feature extractor; pass every module we hold in memory.
-        pipe = StableDiffusionPipeline.from_pretrained(
-            c.source, unet=c.unet, text_encoder=c.text_encoder, vae=c.vae, tokenizer=c.tokenizer,
-            safety_checker=None, requires_safety_checker=False,
-        )
-        if self.training.prediction_type is not None:
-            pipe.scheduler.register_to_config(prediction_type=self.training.prediction_type)
-        pipe.to(torch.float32)
-        pipe.save_pretrained(target, safe_serialization=True)
+        target = save_pipeline_folder(self.components, Path(out_dir) / "pipeline", self.training.prediction_type)
         return {"pipeline": str(target)}

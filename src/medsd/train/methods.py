@@ -180,7 +180,7 @@ class Method:
         return f"method {self.name}: {n:,} trainable parameters in {', '.join(self.trainable_modules())}"
 
 
-# name -> "module:Class"; issue-6 methods (textual inversion, DreamBooth, ...) add one line each.
+# name -> "module:Class": a new method is one file and one line here.
 METHODS: dict[str, str] = {
     "lora": "medsd.train.lora:LoraFineTune",
     "full": "medsd.train.full:FullFineTune",
@@ -191,6 +191,23 @@ METHODS: dict[str, str] = {
     "autoencoder": "medsd.train.autoencoder:Autoencoder",
     "report_reader": "medsd.train.report_reader:ReportReader",
 }
+
+
+def save_pipeline_folder(components: Components, target: Path, prediction_type: str | None = None) -> Path:
+    """The modules in memory as a float32 `StableDiffusionPipeline` folder; the base model's folder supplies the
+    scheduler and feature extractor."""
+    from diffusers import StableDiffusionPipeline
+
+    c = components
+    pipe = StableDiffusionPipeline.from_pretrained(
+        c.source, unet=c.unet, text_encoder=c.text_encoder, vae=c.vae, tokenizer=c.tokenizer,
+        safety_checker=None, requires_safety_checker=False,
+    )
+    if prediction_type is not None:
+        pipe.scheduler.register_to_config(prediction_type=prediction_type)
+    pipe.to(torch.float32)
+    pipe.save_pretrained(target, safe_serialization=True)
+    return Path(target)
 
 
 def build_method(cfg: BaseModel, components: Components, training: TrainingConfig) -> Method:

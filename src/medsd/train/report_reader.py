@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from medsd.train.conditioning import set_trainable
-from medsd.train.methods import Method
+from medsd.train.methods import Method, save_pipeline_folder
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +109,9 @@ class ReportReader(Method):
 
     def save_artefacts(self, out_dir: Path) -> dict[str, str]:
         """OUT/pipeline: the base model's folder with this text encoder."""
-        from diffusers import StableDiffusionPipeline
-
-        c = self.components
-        target = Path(out_dir) / "pipeline"
-        pipe = StableDiffusionPipeline.from_pretrained(
-            c.source, unet=c.unet, text_encoder=c.text_encoder, vae=c.vae, tokenizer=c.tokenizer,
-            safety_checker=None, requires_safety_checker=False,
-        )
         from medsd.tokenizer import save_tokenizer
 
-        pipe.to(torch.float32)
-        pipe.save_pretrained(target, safe_serialization=True)
-        save_tokenizer(c.tokenizer, target / "tokenizer")  # vocab.json + merges.txt too, for older readers
+        target = save_pipeline_folder(self.components, Path(out_dir) / "pipeline")
+        # vocab.json + merges.txt too, for older readers
+        save_tokenizer(self.components.tokenizer, target / "tokenizer")
         return {"pipeline": str(target)}
