@@ -49,6 +49,15 @@ def test_runs_folder_offers_trained_models_then_bases_adapters_and_reports(tmp_p
     assert catalog.report("report/report.html") == (tmp_path / "report" / "report.html").resolve()
 
 
+def test_the_demo_text_model_comes_before_its_report_reader_stage(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for stage, method in (("report_reader", "report_reader"), ("text_to_image", "full")):
+        _diffusers_folder(runs / stage / "pipeline")
+        (runs / stage / "artefacts.json").write_text(json.dumps({"method": method, "base_model": "x"}))
+    catalog = build_catalog([], runs)
+    assert catalog.model_names == ["runs/text_to_image/pipeline", "runs/report_reader/pipeline"]
+
+
 def test_given_models_come_first_and_hub_ids_pass_through(tmp_path: Path) -> None:
     mine = _diffusers_folder(tmp_path / "mine")
     catalog = build_catalog([str(mine), "org/model"], None)

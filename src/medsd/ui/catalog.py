@@ -172,11 +172,24 @@ def _scan_runs(catalog: Catalog, runs_dir: Path) -> None:
         if base and Path(base).is_dir():
             bases.append(Path(base).resolve())
     seen = {m.source for m in catalog.models}
-    # Trained models first (what a user came to look at), then the base models their adapters need.
-    for path in [*sorted(set(trained)), *sorted(set(bases))]:
+    # Trained models first (what a user came to look at), then the base models their adapters need. A report
+    # reader's pipeline is a stage on the way (its U-Net never trained), so it comes after the models that did.
+    trained = sorted(set(trained), key=lambda path: (_method(path.parent) in TEXT_ONLY_METHODS, str(path)))
+    for path in [*trained, *sorted(set(bases))]:
         if str(path) not in seen:
             seen.add(str(path))
             catalog.models.append(describe_model(path, root))
+
+
+TEXT_ONLY_METHODS = {"report_reader"}
+
+
+def _method(run_dir: Path) -> str | None:
+    """The method a run trained with (`artefacts.json`), if it says."""
+    try:
+        return json.loads((run_dir / "artefacts.json").read_text()).get("method")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _base_model(run_dir: Path) -> str | None:
