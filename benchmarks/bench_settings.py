@@ -46,23 +46,12 @@ class Variant:
     """One prepared run and the loop's work for one step of it."""
 
     def __init__(self, args: argparse.Namespace, overrides: list[str], index: int):
-        from bench_train import Synthetic
+        from bench_train import Synthetic, step_config
 
-        from medsd.config import RunConfig
-        from medsd.config_base import apply_overrides
         from medsd.train.loop import _prepare, _resume
 
-        work = Path(args.work)
-        settings = {
-            "output_dir": str(work / f"variant-{index}"), "seed": 0,
-            "model": {"pretrained": str(work / "model"), "device": "cpu"},
-            "data": {"source": "phantom", "resolution": 64},
-            "training": {"max_steps": 10_000, "batch_size": args.batch, "lr_scheduler": "constant",
-                         "cache_dir": str(work / "cache")},
-            "method": {"name": args.method, **({"rank": 4, "alpha": 4} if args.method == "lora" else {})},
-        }
         self.name = ", ".join(overrides) or "defaults"
-        self.cfg = RunConfig.model_validate(apply_overrides(settings, overrides))
+        self.cfg = step_config(Path(args.work), f"variant-{index}", args.method, args.batch, overrides)
         self.run, _ = _prepare(self.cfg, Synthetic(args.batch * 16, 64))
         _resume(self.run, None)
         self.batches = iter(())

@@ -99,6 +99,23 @@ def bench_config(args: argparse.Namespace, run_name: str, **training: object) ->
     })
 
 
+def step_config(work: Path, run_name: str, method: str, batch: int, overrides: list[str]) -> object:
+    """The recipe whose step `bench_settings.py` and `profile_step.py` time: LoRA rank 4 (alpha 4) or full
+    fine-tuning, constant LR, 64 px, caches on, `overrides` (`--set` strings) on top."""
+    from medsd.config import RunConfig
+    from medsd.config_base import apply_overrides
+
+    settings = {
+        "output_dir": str(work / run_name), "seed": 0,
+        "model": {"pretrained": str(work / "model"), "device": "cpu"},
+        "data": {"source": "phantom", "resolution": 64},
+        "training": {"max_steps": 10_000, "batch_size": batch, "lr_scheduler": "constant",
+                     "cache_dir": str(work / "cache")},
+        "method": {"name": method, **({"rank": 4, "alpha": 4} if method == "lora" else {})},
+    }
+    return RunConfig.model_validate(apply_overrides(settings, overrides))
+
+
 def make_dataset(args: argparse.Namespace) -> object:
     """The training images of `--data`: in memory (synthetic) or phantom PNGs read by the data layer."""
     if args.data == "synthetic":

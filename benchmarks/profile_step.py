@@ -38,24 +38,13 @@ def kind_of(name: str) -> str:
 def profile(args: argparse.Namespace) -> tuple[dict[str, float], float, object]:
     """CPU ms per step by kind, the measured wall ms per step without the profiler, and the profiler."""
     import torch
-    from bench_train import Synthetic
+    from bench_train import Synthetic, step_config
     from torch.profiler import ProfilerActivity, record_function
 
-    from medsd.config import RunConfig
-    from medsd.config_base import apply_overrides
     from medsd.train.loop import _prepare, _resume
     from medsd.train.step import diffusion_loss
 
-    work = Path(args.work)
-    settings = {
-        "output_dir": str(work / f"profile-{args.method}"), "seed": 0,
-        "model": {"pretrained": str(work / "model"), "device": "cpu"},
-        "data": {"source": "phantom", "resolution": 64},
-        "training": {"max_steps": 10_000, "batch_size": args.batch, "lr_scheduler": "constant",
-                     "cache_dir": str(work / "cache")},
-        "method": {"name": args.method, **({"rank": 4, "alpha": 4} if args.method == "lora" else {})},
-    }
-    cfg = RunConfig.model_validate(apply_overrides(settings, args.set))
+    cfg = step_config(Path(args.work), f"profile-{args.method}", args.method, args.batch, args.set)
     run, _ = _prepare(cfg, Synthetic(args.batch * 16, 64))
     _resume(run, None)
     tc, method, accelerator = cfg.training, run.method, run.accelerator
