@@ -186,22 +186,31 @@ TEXT_ONLY_METHODS = {"report_reader"}
 
 def _method(run_dir: Path) -> str | None:
     """The method a run trained with (`artefacts.json`), if it says."""
+    return _artefacts(run_dir).get("method")
+
+
+def _artefacts(run_dir: Path) -> dict:
+    """A run's `artefacts.json` (method, base model, files); {} when it is missing or unreadable."""
+    path = run_dir / "artefacts.json"
+    if not path.is_file():
+        return {}
     try:
-        return json.loads((run_dir / "artefacts.json").read_text()).get("method")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("cannot read %s: %s", path, err)
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _base_model(run_dir: Path) -> str | None:
     """The base model a run trained on: `artefacts.json` `base_model`, else `config.yaml` `model.pretrained`."""
+    if (run_dir / "artefacts.json").is_file():
+        return _artefacts(run_dir).get("base_model")
     try:
-        artefacts = run_dir / "artefacts.json"
-        if artefacts.is_file():
-            return json.loads(artefacts.read_text()).get("base_model")
         config = run_dir / "config.yaml"
         if config.is_file():
             return (yaml.safe_load(config.read_text()) or {}).get("model", {}).get("pretrained")
-    except (json.JSONDecodeError, yaml.YAMLError, AttributeError) as err:
+    except (yaml.YAMLError, AttributeError) as err:
         log.warning("cannot read the base model of %s: %s", run_dir, err)
     return None
 
