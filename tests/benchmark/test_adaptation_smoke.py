@@ -15,7 +15,7 @@ from medsd.benchmark.stages import run_adaptation_benchmark
 from medsd.config import load_run_config
 from medsd.errors import MedsdError
 
-METHODS = ("ti_v8", "lora_unet_te_r4", "dreambooth_prior")
+METHODS = ("ti_v8", "lora_unet_te_r4", "dreambooth_prior", "full_unet_te_rehearsal")
 REQUIRED = ("method", "setting", "n_examples", "new_finding_auc", "retained_auc", "fid", "near_copy_rate",
             "train_seconds", "artefact_bytes")
 
@@ -27,7 +27,10 @@ def _plan() -> AdaptationPlan:
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("adaptation")
-    return out, run_adaptation_benchmark(out, _plan())
+    # A relative --out, as users type it: recipes written inside must still find their data.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(out.parent)
+        return out, run_adaptation_benchmark(Path(out.name), _plan())
 
 
 def test_rows_for_the_base_and_every_method(bench: tuple[Path, dict]) -> None:
@@ -42,7 +45,11 @@ def test_rows_for_the_base_and_every_method(bench: tuple[Path, dict]) -> None:
     assert all(r["n_examples"] == 2 and r["steps"] == 2 and r["train_seconds"] > 0 for r in runs)
     assert all(r["artefact_bytes"] > 0 and 0.0 <= r["near_copy_rate"] <= 1.0 for r in runs)
     assert rows[0]["retained_drop"] == 0.0 and rows[0]["near_copy_rate"] is None
-    assert {r["method"] for r in runs} == {"textual_inversion", "lora", "dreambooth"}
+    assert {r["method"] for r in runs} == {"textual_inversion", "lora", "dreambooth", "full"}
+    rehearsed = next(r for r in runs if r["method_id"] == "full_unet_te_rehearsal")
+    assert rehearsed["rehearsal_images"] == _plan().rehearsal_images and runs[0]["rehearsal_images"] == 0
+    trained_on = pd.read_csv(load_run_config(rehearsed["recipe"]).data.csv)
+    assert len(trained_on) == rehearsed["n_examples"] + _plan().rehearsal_images
     # Each image the judge read is on disk, with the prompt it was asked.
     judged = pd.read_csv(Path(runs[0]["run"]) / "judged.csv")
     assert len(judged) == _plan().images_per_run
@@ -122,6 +129,6 @@ def test_cli_smoke_runs_every_method_for_both_findings(tmp_path: Path) -> None:
 
     assert main(["benchmark", "adaptation", "--smoke", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert len(rows) == 2 + 2 * 11
+    assert len(rows) == 2 + 2 * 13
     assert {r["finding"] for r in rows} == {"Pneumothorax", "Lung Lesion"}
     assert all(r["steps"] == 2 for r in rows if r["method"] != "base")

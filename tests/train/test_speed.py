@@ -144,3 +144,33 @@ def test_compiled_unet_trains_and_saves_plain_weights(tiny_model_dir, shapes, sh
     assert hasattr(result.method.module("unet"), "_orig_mod") == (mode is True)
     saved = load_file(str(tmp_path / "run" / "pytorch_lora_weights.safetensors"))
     assert saved and not any("_orig_mod" in key for key in saved)
+
+
+def test_cpu_fp32_math_applies_to_float32_runs_on_the_cpu_only():
+    from medsd.train import precision
+
+    cpu = torch.device("cpu")
+    assert precision.cpu_fp32_math_mode("bf16", cpu, "no") == "bf16"
+    assert precision.cpu_fp32_math_mode("bf16", cpu, "bf16") == "ieee"  # autocast already sets the precision
+    assert precision.cpu_fp32_math_mode("bf16", torch.device("cuda"), "no") == "ieee"  # TF32 is the GPU's
+    assert precision.cpu_fp32_math_mode("ieee", cpu, "no") == "ieee"
+
+
+def test_cpu_fp32_math_holds_during_the_steps_only_and_stays_close_to_float32(
+        tiny_model_dir, shapes, shared_cache, tmp_path, recipe):
+    from medsd.train.precision import cpu_has_native_bf16
+
+    before = torch.backends.mkldnn.fp32_precision
+    results = {}
+    for mode in ("ieee", "bf16"):
+        seen: list[str] = []
+        cfg = recipe(tiny_model_dir, tmp_path / mode, max_steps=4, cache_dir=str(shared_cache), cpu_fp32_math=mode)
+        result = train(cfg, shapes, callbacks=[lambda step, loss, seen=seen: seen.append(
+            torch.backends.mkldnn.fp32_precision)])
+        assert seen == [mode] * 4 and result.cpu_fp32_math == mode
+        assert torch.backends.mkldnn.fp32_precision == before  # evaluation after training computes in float32
+        results[mode] = [result.losses[s] for s in sorted(result.losses)]
+    gaps = [abs(b - a) / a for a, b in zip(results["ieee"], results["bf16"])]
+    assert max(gaps) < 0.05, gaps  # same seed, same timesteps and noise: only precision differs
+    if cpu_has_native_bf16():
+        assert results["ieee"] != results["bf16"]  # the setting reached the kernels

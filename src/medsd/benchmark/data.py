@@ -2,6 +2,7 @@
 
 - `judge`: every finding, trains the judge (which must know the held-out findings the base never saw);
 - `heldout`: every finding, other virtual patients: the FID reference and the judge's own accuracy on real images;
+- `rehearsal`: the base findings only (other patients), the images a rehearsal setting adds to the N examples;
 - `pool_<finding>`: rendered with that finding only (about 70 % of its images carry it, the rest are normal), so
   the adaptation examples show the new finding alone. The N examples are its first N images with the finding
   (N = 5 is inside N = 25, inside N = 100), in `examples_<finding>_nNNN.csv` beside the images, each with a
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,18 +25,22 @@ from medsd.phantom.text_model import render_training_set
 
 log = logging.getLogger(__name__)
 
-SEED_OFFSETS = {"judge": 1, "heldout": 2}  # pools: 10 + the finding's index, so every set has its own patients
+SEED_OFFSETS = {"judge": 1, "heldout": 2, "rehearsal": 3}  # pools: 10 + the finding's index: own patients each
 
 
-def render_sets(root: Path, plan: object, seed: int, judge_set: bool = True) -> dict[str, Path]:
-    """Render (or reuse) the judge set (unless a trained judge is given), the held-out set and one pool per
-    held-out finding under `root`."""
+def render_sets(root: Path, plan: object, seed: int, judge_set: bool = True, rehearsal: int = 0) -> dict[str, Path]:
+    """Render (or reuse) the judge set (unless a trained judge is given), the held-out set, one pool per
+    held-out finding and, when `rehearsal` > 0, that many base-finding images under `root`."""
     every = list(FINDINGS)
     sets = {"heldout": render_training_set(root / "phantom_heldout", plan.n_heldout, plan.size,
                                            seed + SEED_OFFSETS["heldout"], every)}
     if judge_set:
         sets["judge"] = render_training_set(root / "phantom_judge", plan.n_judge, plan.size,
                                             seed + SEED_OFFSETS["judge"], every)
+    if rehearsal:
+        base = [f for f in FINDINGS if f not in plan.held_out]
+        sets["rehearsal"] = render_training_set(root / "phantom_rehearsal", rehearsal, plan.size,
+                                                seed + SEED_OFFSETS["rehearsal"], base)
     for finding in plan.held_out:
         sets[pool_name(finding)] = render_training_set(root / f"phantom_{pool_name(finding)}", plan.n_pool, plan.size,
                                                        seed + 10 + FINDINGS.index(finding), [finding])
@@ -48,8 +54,6 @@ def pool_name(finding: str) -> str:
 def training_subset(pool: Path, finding: str, n: int, base_findings: list[str]) -> TrainingSubset:
     """Write (or reuse) the CSV of the first `n` pool images that carry `finding`, reports naming only the base
     findings and `finding`."""
-    from medsd.phantom.reports import report_for_record
-
     csv = pool / f"examples_{finding_slug(finding)}_n{n:03d}.csv"
     subset = TrainingSubset(finding, n, pool, csv, tuple(base_findings))
     if csv.is_file():
@@ -59,13 +63,40 @@ def training_subset(pool: Path, finding: str, n: int, base_findings: list[str]) 
     if len(chosen) < n:
         raise MedsdError(f"{pool} holds only {len(chosen)} images with {finding}, fewer than N={n}; raise the "
                          f"plan's n_pool (now {len(frame)})")
-    records = {}
-    for line in (pool / "params.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            records[rec["path"]] = rec
-    named = [*base_findings, finding]
-    chosen["Report"] = [report_for_record(records[path], findings=named).text for path in chosen["Path"]]
+    chosen["Report"] = _reports(pool, chosen["Path"], [*base_findings, finding])
     chosen.to_csv(csv, index=False)
     log.info("wrote %d examples of %s to %s", n, finding, csv)
     return subset
+
+
+def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> TrainingSubset:
+    """`subset` whose training CSV adds the first `k` images of the rehearsal set (base findings only, reports
+    naming the base findings and the new one, as the examples' do); the examples CSV is unchanged."""
+    if k <= 0:
+        return subset
+    frame = pd.read_csv(rehearsal_set / "train.csv")
+    if len(frame) < k:
+        raise MedsdError(f"{rehearsal_set} holds {len(frame)} images, fewer than the {k} a rehearsal setting adds; "
+                         "delete the folder so that the benchmark renders it again")
+    extra = frame.head(k).copy()
+    extra["Report"] = _reports(rehearsal_set, extra["Path"], [*subset.base_findings, subset.finding])
+    # Paths stay relative to the pool (the run's data.root), so the set is read where it lies.
+    relative = Path("..") / rehearsal_set.name
+    extra["Path"] = [str(relative / p) for p in extra["Path"]]
+    csv = subset.csv.with_name(f"{subset.csv.stem}_rehearsal{k:03d}.csv")
+    if not csv.is_file():
+        pd.concat([pd.read_csv(subset.csv), extra], ignore_index=True).fillna({subset.finding: 0}).to_csv(
+            csv, index=False)
+    return replace(subset, training_csv=csv, rehearsal=k)
+
+
+def _reports(folder: Path, paths: pd.Series, named: list[str]) -> list[str]:
+    """Reports of the images at `paths` (relative to `folder`) that name only the findings in `named`."""
+    from medsd.phantom.reports import report_for_record
+
+    records = {}
+    for line in (folder / "params.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            records[rec["path"]] = rec
+    return [report_for_record(records[path], findings=named).text for path in paths]

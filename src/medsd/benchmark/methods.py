@@ -5,6 +5,10 @@ the new finding, the same batch size, the same time budget (`training.max_minute
 differs is the `method:` section and the learning rate (each method's usual scale: embeddings learn at 5e-3,
 low-rank adapters at 1e-3, whole networks at 1e-4 to 5e-4, a projection from scratch at 5e-4).
 
+The rehearsal settings train on the N examples plus the plan's `rehearsal_images` (100) images of the base
+findings (other patients, reports in the same words), as a user who still has the base model's kind of data
+would.
+
 Methods that learn words train on the images' reports (half of them on the label prompt, "A chest X-ray with
 Pneumothorax"); textual inversion learns a placeholder token instead ("A chest X-ray with <pneumothorax>"),
 because its text encoder cannot learn what a new word means.
@@ -34,14 +38,18 @@ class MethodSpec:
     method: dict[str, Any] = field(default_factory=dict)
     learning_rate: float = 1e-4
     token: bool = False  # True: the finding is taught as a placeholder token (textual inversion)
+    # True: the plan's `rehearsal_images` base-finding images join the N examples (what a user's original data
+    # gives): the network also sees what the findings it already knows look like, and keeps them.
+    rehearsal: bool = False
 
     def trigger(self, finding: str) -> str:
         """How prompts name the new finding: its placeholder token, or the finding's name."""
         return placeholder_token(finding) if self.token else finding
 
 
-def _spec(id_: str, family: str, setting: str, lr: float, **method: Any) -> MethodSpec:
-    return MethodSpec(id_, family, setting, {"name": family, **method}, lr, token=family == "textual_inversion")
+def _spec(id_: str, family: str, setting: str, lr: float, rehearsal: bool = False, **method: Any) -> MethodSpec:
+    return MethodSpec(id_, family, setting, {"name": family, **method}, lr, token=family == "textual_inversion",
+                      rehearsal=rehearsal)
 
 
 METHODS: dict[str, MethodSpec] = {s.id: s for s in (
@@ -56,6 +64,10 @@ METHODS: dict[str, MethodSpec] = {s.id: s for s in (
     _spec("dreambooth", "dreambooth", "without prior preservation", 2e-4, with_prior_preservation=False),
     _spec("full_unet", "full", "U-Net", 2e-4),
     _spec("full_unet_te", "full", "U-Net + text encoder", 2e-4, train_text_encoder=True),
+    _spec("lora_unet_r16_rehearsal", "lora", "U-Net, rank 16, + base-finding images", 1e-3, rehearsal=True,
+          rank=16, alpha=16.0, export_kohya=False),
+    _spec("full_unet_te_rehearsal", "full", "U-Net + text encoder, + base-finding images", 2e-4, rehearsal=True,
+          train_text_encoder=True),
     _spec("swap_minilm", "text_encoder_swap", "MiniLM + linear projection, U-Net", 5e-4, text_encoder=MINILM,
           projection="linear", max_length=77, train_unet=True),
 )}
@@ -77,13 +89,18 @@ def method_specs(ids: tuple[str, ...] | list[str] | None) -> list[MethodSpec]:
 
 @dataclass(frozen=True)
 class TrainingSubset:
-    """The N training images of one held-out finding: a CSV (with reports) inside a phantom pool folder."""
+    """The N training images of one held-out finding: a CSV (with reports) inside a phantom pool folder.
+
+    `training_csv`, when set, is what a run trains on: the N examples plus `rehearsal` base-finding images
+    (`csv` stays the N examples alone, which near-copies are measured against)."""
 
     finding: str
     n: int
     root: Path
     csv: Path
     base_findings: tuple[str, ...]
+    training_csv: Path | None = None
+    rehearsal: int = 0
 
 
 def adaptation_recipe(spec: MethodSpec, base_model: Path, subset: TrainingSubset, output_dir: Path, plan: Any,
@@ -107,7 +124,8 @@ def adaptation_recipe(spec: MethodSpec, base_model: Path, subset: TrainingSubset
         "seed": seed,
         "output_dir": str(output_dir),
         "model": {"pretrained": str(base_model), "device": "cpu"},
-        "data": {"source": "phantom", "root": str(subset.root), "csv": str(subset.csv), "resolution": plan.size,
+        "data": {"source": "phantom", "root": str(subset.root), "csv": str(subset.training_csv or subset.csv),
+                 "resolution": plan.size,
                  "labels": labels, "split_fractions": [1.0, 0.0, 0.0], "prompt": prompt},
         "training": {"batch_size": plan.batch_size, "learning_rate": spec.learning_rate, "max_steps": plan.max_steps,
                      "max_minutes": plan.run_minutes, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 5,

@@ -1,6 +1,6 @@
 """The plan of an adaptation benchmark: which findings are held out, how many examples, which methods, budgets.
 
-The default grid (11 methods x 3 example counts x 2 held-out findings = 66 runs) is sized for about 60 minutes
+The default grid (13 methods x 3 example counts x 2 held-out findings = 78 runs) is sized for about 65 minutes
 on 2 CPU cores once the base exists: every run trains for `run_minutes` (30 s), then generates and judges
 `images_per_run` (48) images in one batch (20 DDIM steps, about 16 s of one core), so a run costs about 55 s.
 The base (phantom sets, judge, and the text-to-image model that never saw the held-out findings) takes about
@@ -42,6 +42,7 @@ class AdaptationPlan:
     n_pool: int = 160
     judge_epochs: int = 25
     class_images: int = 50  # DreamBooth prior-preservation images, drawn once by the base model
+    rehearsal_images: int = 100  # base-finding images the rehearsal settings add to the N examples
     base: TextModelPlan = field(default_factory=TextModelPlan)
 
     @property
@@ -69,7 +70,7 @@ class AdaptationPlan:
         # Two steps, not a time budget: the same runs on a loaded machine (tests) as on a quiet one.
         return cls(n_examples=(2,), run_minutes=None, max_steps=2, batch_size=2, new_images=2, base_images=1,
                    sample_steps=2, generate_batch=32, n_judge=48, n_heldout=12, n_pool=12, judge_epochs=1,
-                   class_images=2, base=base)
+                   class_images=2, rehearsal_images=2, base=base)
 
     def with_base_minutes(self, minutes: float) -> AdaptationPlan:
         """A copy whose base trains for `minutes` in all, split as the default plan splits it (autoencoder, report

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from medsd.benchmark.data import pool_name, render_sets, training_subset
+from medsd.benchmark.data import pool_name, render_sets, training_subset, with_rehearsal
 from medsd.benchmark.methods import method_specs
 from medsd.benchmark.plan import AdaptationPlan
 from medsd.benchmark.runs import Context, adapt_and_measure, measure_base, run_name
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Plan fields that change what a finished run measured: a folder holding runs made under other values is refused.
 RUN_FIELDS = ("held_out", "run_minutes", "max_steps", "batch_size", "new_images", "base_images", "sample_steps",
-              "guidance", "n_judge", "n_heldout", "n_pool", "judge_epochs", "class_images")
+              "guidance", "n_judge", "n_heldout", "n_pool", "judge_epochs", "class_images", "rehearsal_images")
 
 
 class Stages:
@@ -57,13 +57,17 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     `judge`: a trained phantom judge folder to reuse (it must know every finding)."""
     from medsd.benchmark.report import write_report
 
+    # Absolute from here on: the recipes written inside name their data, and a run reads `data.csv` relative to
+    # `data.root`, not to the folder the benchmark was started from.
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     specs = method_specs(plan.methods)
     unknown = [f for f in plan.held_out if f not in FINDINGS]
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
     stages = Stages()
-    data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None)
+    data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None,
+                      rehearsal=plan.rehearsal_images if any(s.rehearsal for s in specs) else 0)
     judged = stages.run("judge", train_judge, data, out / "judge", plan, seed, judge)
     base_model = stages.run("base model", prepare_base, out, plan, base, seed)
     check_folder(out, plan, base_model, judge, seed)
@@ -186,6 +190,8 @@ def run_grid(ctx: Context, data: dict[str, Path], specs: list) -> list[dict[str,
     fresh, fresh_seconds = 0, 0.0
     for i, (n, finding, spec) in enumerate(cells, start=1):
         subset = training_subset(data[pool_name(finding)], finding, n, named)
+        if spec.rehearsal:
+            subset = with_rehearsal(subset, data["rehearsal"], plan.rehearsal_images)
         reused = (ctx.out / "runs" / run_name(finding, n, spec.id) / "measures.json").is_file()
         started = time.perf_counter()
         row = adapt_and_measure(ctx, spec, subset)

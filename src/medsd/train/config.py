@@ -71,6 +71,12 @@ class TrainingConfig(StrictModel):
         "auto", description="Attention kernel: PyTorch SDPA, xformers, or auto (xformers when installed on CUDA)."
     )
     allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    cpu_fp32_math: Literal["ieee", "bf16"] = Field(
+        "ieee",
+        description="CPU runs in float32: bf16 lets oneDNN compute convolutions and matmuls on bfloat16 inputs "
+        "with float32 accumulation (TF32's counterpart on CPUs); ieee keeps full float32. Measure before use: "
+        "2x slower on an AVX512-BF16 EPYC without AMX (benchmarks/bench_cpu_fp32_math.py, docs/training.md).",
+    )
     channels_last: bool = Field(False, description="channels_last memory format for the U-Net (faster on GPUs).")
     compile: bool | Literal["blocks"] = Field(
         False,

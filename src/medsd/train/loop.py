@@ -37,6 +37,7 @@ from medsd.train.cache import PromptEmbeddingCache
 from medsd.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from medsd.train.config import TrainingConfig
 from medsd.train.methods import Method
+from medsd.train.precision import cpu_fp32_math, cpu_fp32_math_mode
 from medsd.train.preflight import check_output_folders, check_sizes_fit_model
 from medsd.train.report import UnreadLosses, log_losses, tensorboard_writer
 from medsd.train.setup import (
@@ -68,6 +69,7 @@ class TrainResult:
     latent_cache: str | None = None
     images_per_second: float = 0.0
     num_processes: int = 1
+    cpu_fp32_math: str = "ieee"  # what `training.cpu_fp32_math` resolved to for this run
     method: Method | None = field(default=None, repr=False)  # the trained modules, for programmatic use
 
 
@@ -136,8 +138,14 @@ def train(
     result = TrainResult(run.out, step, latent_cache=cache_note, method=run.method,
                          num_processes=run.accelerator.num_processes)
     started = time.perf_counter()
+    math_mode = cpu_fp32_math_mode(cfg.training.cpu_fp32_math, run.accelerator.device, cfg.training.mixed_precision)
+    result.cpu_fp32_math = math_mode
+    if math_mode == "bf16":
+        log.info("CPU float32 math: bfloat16 inputs, float32 accumulation in convolutions and matmuls "
+                 "(training.cpu_fp32_math=%s; ieee for full float32)", cfg.training.cpu_fp32_math)
     try:
-        _train_steps(run, result, epoch, skip, callbacks)
+        with cpu_fp32_math(math_mode):
+            _train_steps(run, result, epoch, skip, callbacks)
     except torch.OutOfMemoryError as err:
         raise MedsdError(oom_advice(cfg.training, err)) from err
     finally:

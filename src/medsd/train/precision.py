@@ -6,6 +6,11 @@
   follows mixed_precision; `float32` keeps them in full precision under mixed precision (twice the memory, but
   no fp16 overflow in the VAE); float16 / bfloat16 must match mixed_precision, because half-precision weights
   meet float32 inputs without autocast.
+- `training.cpu_fp32_math` (ieee | bf16) is the CPU's counterpart of TF32 on GPUs: with `bf16`, oneDNN runs
+  float32 convolutions and matmuls on bfloat16 inputs with float32 accumulation (weights, activations and the
+  optimizer stay float32). It is off by default: on the CPU it was measured on (AMD EPYC with AVX512-BF16, no
+  AMX) it made the demo model's training step twice as slow (docs/training.md); CPUs with AMX are where oneDNN's
+  bf16 kernels are fast.
 - fp16 autocast exists only where accelerate turns it on (CUDA and other accelerators, not the CPU): on a CPU
   run accelerate silently skips it, and the first half-precision layer fails with "mat1 and mat2 must have the
   same dtype" after the data has been encoded. `check_run_device` refuses such a run before any work.
@@ -13,6 +18,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -72,3 +79,30 @@ def check_run_device(cfg: Any, accelerator: Any) -> None:
             "meet float32 inputs. On the CPU use --set training.mixed_precision=bf16 (CPU autocast supports it; "
             "model.dtype: auto follows) or =no"
         )
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs whose instructions multiply bfloat16 (AVX512-BF16, AMX), where oneDNN's bf16 math pays."""
+    return bool(torch.backends.mkldnn.is_available() and (torch.cpu._is_avx512_bf16_supported()
+                                                          or torch.cpu._is_amx_tile_supported()))
+
+
+def cpu_fp32_math_mode(setting: str, device: torch.device, mixed_precision: str) -> str:
+    """What `training.cpu_fp32_math` means for this run: "bf16" or "ieee" ("ieee" off the CPU and under
+    mixed precision, where autocast already chooses each operation's precision)."""
+    if device.type != "cpu" or mixed_precision != "no":
+        return "ieee"
+    return setting
+
+
+@contextlib.contextmanager
+def cpu_fp32_math(mode: str) -> Iterator[None]:
+    """oneDNN's float32 math mode for the block (the setting is process-wide; it is put back afterwards, so the
+    evaluation that follows training in the same process computes in full float32)."""
+    backend = torch.backends.mkldnn
+    before = backend.fp32_precision
+    backend.fp32_precision = mode
+    try:
+        yield
+    finally:
+        backend.fp32_precision = before
