@@ -123,6 +123,16 @@ def test_cli_rejects_an_unknown_method_in_one_line(tmp_path: Path, capsys: pytes
     assert len(err) == 1 and "nope" in err[0] and "ti_v1" in err[0]
 
 
+@pytest.mark.parametrize("pair", ["ti_v1=abc", "ti_v1=-1", "=1e-3"])
+def test_cli_rejects_a_malformed_learning_rate_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           pair: str) -> None:
+    from medsd.cli import main
+
+    assert main(["benchmark", "adaptation", "--smoke", "--learning-rate", pair, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ID=RATE" in err[0]
+
+
 @pytest.mark.slow
 def test_cli_smoke_runs_every_method_for_both_findings(tmp_path: Path) -> None:
     from medsd.cli import main

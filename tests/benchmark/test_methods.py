@@ -66,3 +66,18 @@ def test_unknown_method_is_one_clear_error() -> None:
     assert [s.id for s in method_specs(["lora_unet_r4", "ti_v1"])] == ["lora_unet_r4", "ti_v1"]
     with pytest.raises(MedsdError, match="choose from"):
         method_specs(["lora_rank_99"])
+
+
+def test_a_learning_rate_override_is_its_own_cell_with_that_rate(tmp_path: Path) -> None:
+    specs = method_specs(["ti_v8", "full_unet_te"], learning_rates=(("full_unet_te", 1e-3),))
+    assert [s.id for s in specs] == ["ti_v8", "full_unet_te_lr0.001"]
+    assert specs[1].learning_rate == 1e-3 and specs[1].setting == "U-Net + text encoder, lr 0.001"
+    recipe = adaptation_recipe(specs[1], Path("/models/base"), SUBSET, tmp_path / "r", AdaptationPlan(),
+                               tmp_path / "cache")
+    assert recipe["training"]["learning_rate"] == 1e-3
+    # The default rate given explicitly is the default cell, not a second one.
+    assert method_specs(["ti_v8"], (("ti_v8", 5e-3),))[0].id == "ti_v8"
+    with pytest.raises(MedsdError, match="does not run"):
+        method_specs(["ti_v8"], (("full_unet_te", 1e-3),))
+    with pytest.raises(MedsdError, match="unknown"):
+        method_specs(None, (("lora_rank_99", 1e-3),))

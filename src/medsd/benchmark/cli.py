@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", nargs="+", type=int, default=None, metavar="N",
                    help="training images per run (default: 5 25 100)")
     p.add_argument("--methods", nargs="+", default=None, metavar="ID", help=f"method ids: {', '.join(METHODS)}")
+    p.add_argument("--learning-rate", nargs="+", default=None, metavar="ID=RATE",
+                   help="train these methods at another learning rate (e.g. full_unet_te=1e-3); each such run is "
+                   "its own row, id ID_lrRATE")
     p.add_argument("--run-minutes", type=float, default=None, help="training budget of every run (default: 0.5)")
     p.add_argument("--run-steps", type=int, default=None,
                    help="train every run for exactly this many steps instead of a time budget (numbers that do not "
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
                              n_examples=tuple(args.n) if args.n else None,
-                             methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes)
+                             methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes,
+                             learning_rates=_learning_rates(args.learning_rate))
     if args.base_minutes:
         plan = plan.with_base_minutes(args.base_minutes)
     if args.run_steps:
@@ -69,3 +73,22 @@ def run(args: argparse.Namespace) -> int:
     print(Path(summary["table"]).read_text())
     print(f"report: {summary['report']}\nresults: {summary['results']}\nstage seconds: {summary['seconds']}")
     return 0
+
+
+def _learning_rates(pairs: list[str] | None) -> tuple[tuple[str, float], ...] | None:
+    """`ID=RATE` arguments as (id, rate) pairs; a malformed one is one clear error."""
+    from medsd.errors import MedsdError
+
+    if not pairs:
+        return None
+    parsed = []
+    for pair in pairs:
+        method, _, rate = pair.partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = float("nan")
+        if not method or not value > 0:
+            raise MedsdError(f"--learning-rate {pair!r}: write ID=RATE with a positive rate, e.g. full_unet_te=1e-3")
+        parsed.append((method, value))
+    return tuple(parsed)

@@ -16,7 +16,7 @@ because its text encoder cannot learn what a new word means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +77,28 @@ ARTEFACT_KEYS = {"textual_inversion": "learned_embeds", "lora": "lora", "dreambo
                  "text_encoder_swap": "model"}
 
 
-def method_specs(ids: tuple[str, ...] | list[str] | None) -> list[MethodSpec]:
-    """The specs of `ids` in the given order (None: every method); unknown ids are one clear error."""
-    if ids is None:
-        return list(METHODS.values())
-    unknown = [i for i in ids if i not in METHODS]
+def method_specs(ids: tuple[str, ...] | list[str] | None,
+                 learning_rates: tuple[tuple[str, float], ...] = ()) -> list[MethodSpec]:
+    """The specs of `ids` in the given order (None: every method); unknown ids are one clear error.
+
+    `learning_rates`: (id, rate) pairs that replace a method's rate; such a run is its own grid cell
+    (id `lora_unet_r16_lr0.004`), so it sits beside the default-rate run in one folder and table."""
+    chosen = list(METHODS) if ids is None else list(ids)
+    rates = dict(learning_rates)
+    unknown = [i for i in [*chosen, *rates] if i not in METHODS]
     if unknown:
-        raise MedsdError(f"--methods: {unknown} unknown; choose from {', '.join(METHODS)}")
-    return [METHODS[i] for i in ids]
+        raise MedsdError(f"--methods / --learning-rate: {unknown} unknown; choose from {', '.join(METHODS)}")
+    missing = [i for i in rates if i not in chosen]
+    if missing:
+        raise MedsdError(f"--learning-rate names {missing}, which --methods does not run; add them to --methods")
+    specs = []
+    for i in chosen:
+        spec = METHODS[i]
+        if i in rates and rates[i] != spec.learning_rate:
+            lr = rates[i]
+            spec = replace(spec, id=f"{i}_lr{lr:g}", setting=f"{spec.setting}, lr {lr:g}", learning_rate=lr)
+        specs.append(spec)
+    return specs
 
 
 @dataclass(frozen=True)

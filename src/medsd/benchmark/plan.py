@@ -25,6 +25,7 @@ class AdaptationPlan:
     held_out: tuple[str, ...] = DEFAULT_HELD_OUT  # findings the base never sees, each adapted to in turn
     n_examples: tuple[int, ...] = (5, 25, 100)  # training images of the new finding per adaptation run
     methods: tuple[str, ...] | None = None  # method ids of `medsd.benchmark.methods.METHODS`; None: all of them
+    learning_rates: tuple[tuple[str, float], ...] = ()  # (method id, rate): runs of that method at another rate
     run_minutes: float | None = 0.5  # training.max_minutes of every run (the same for every method)
     max_steps: int = 5000  # an upper bound the time budget stops runs before; without run_minutes, the budget
     batch_size: int = 8

@@ -61,7 +61,7 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     # `data.root`, not to the folder the benchmark was started from.
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    specs = method_specs(plan.methods)
+    specs = method_specs(plan.methods, plan.learning_rates)
     unknown = [f for f in plan.held_out if f not in FINDINGS]
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
