@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def training_subset(pool: Path, finding: str, n: int, base_findings: list[str]) 
         raise MedsdError(f"{pool} holds only {len(chosen)} images with {finding}, fewer than N={n}; raise the "
                          f"plan's n_pool (now {len(frame)})")
     chosen["Report"] = _reports(pool, chosen["Path"], [*base_findings, finding])
-    chosen.to_csv(csv, index=False)
+    _write_csv(chosen, csv)
     log.info("wrote %d examples of %s to %s", n, finding, csv)
     return subset
 
@@ -74,6 +75,10 @@ def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> Train
     naming the base findings and the new one, as the examples' do); the examples CSV is unchanged."""
     if k <= 0:
         return subset
+    csv = subset.csv.with_name(f"{subset.csv.stem}_rehearsal{k:03d}.csv")
+    rehearsed = replace(subset, training_csv=csv, rehearsal=k)
+    if csv.is_file():
+        return rehearsed
     frame = pd.read_csv(rehearsal_set / "train.csv")
     if len(frame) < k:
         raise MedsdError(f"{rehearsal_set} holds {len(frame)} images, fewer than the {k} a rehearsal setting adds; "
@@ -83,11 +88,15 @@ def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> Train
     # Paths stay relative to the pool (the run's data.root), so the set is read where it lies.
     relative = Path("..") / rehearsal_set.name
     extra["Path"] = [str(relative / p) for p in extra["Path"]]
-    csv = subset.csv.with_name(f"{subset.csv.stem}_rehearsal{k:03d}.csv")
-    if not csv.is_file():
-        pd.concat([pd.read_csv(subset.csv), extra], ignore_index=True).fillna({subset.finding: 0}).to_csv(
-            csv, index=False)
-    return replace(subset, training_csv=csv, rehearsal=k)
+    _write_csv(pd.concat([pd.read_csv(subset.csv), extra], ignore_index=True).fillna({subset.finding: 0}), csv)
+    return rehearsed
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write whole or not at all: a CSV that exists is reused, so a killed benchmark must not leave half of one."""
+    partial = path.with_name(path.name + ".partial")
+    frame.to_csv(partial, index=False)
+    os.replace(partial, path)
 
 
 def _reports(folder: Path, paths: pd.Series, named: list[str]) -> list[str]:
