@@ -34,21 +34,11 @@ TOLERANCE = {"moving_average": 0.05, "tail_mean": 0.02}
 
 
 def recipe(work: Path, method: str, steps: int, mode: str, out: Path) -> dict:
-    from bench_peer import LEARNING_RATE, LORA_RANK, data_settings
+    from bench_peer import medsd_recipe
 
-    section: dict = {"name": method}
-    if method == "lora":
-        section.update(rank=LORA_RANK, alpha=LORA_RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    return {
-        "output_dir": str(out), "seed": 0,
-        "model": {"pretrained": str(work / "model"), "device": "cpu"},
-        "data": data_settings(work, 64),
-        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": LEARNING_RATE, "lr_scheduler": "constant",
-                     "lr_warmup_steps": 0, "mixed_precision": "no", "checkpointing_steps": 1_000_000,
-                     "cache_dir": str(work / "cache"), "cpu_fp32_math": mode},
-        "method": section,
-        "validation": {"prompts": []},
-    }
+    settings = medsd_recipe(work, 64, 8, method, steps, out)
+    settings["training"].update(cache_dir=str(work / "cache"), cpu_fp32_math=mode)
+    return settings
 
 
 def train_once(work: Path, method: str, steps: int, mode: str) -> dict:

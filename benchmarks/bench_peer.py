@@ -88,23 +88,29 @@ def phantom_dataset(work: Path, resolution: int):
     return build_dataset(DataConfig(**data_settings(work, resolution)), split="train")
 
 
-def medsd_command(args: argparse.Namespace, method: str, steps: int, out: Path) -> list[str]:
-    """`medsd train` on a recipe written into `out` (the run's own output folder)."""
-    import yaml
-
+def medsd_recipe(work: Path, resolution: int, batch: int, method: str, steps: int, out: Path) -> dict:
+    """The recipe medsd trains in the comparison: the peer script's settings (LoRA rank 4 on the attention
+    projections, or full fine-tuning; constant LR, fp32, no validation)."""
     method_section = {"name": method}
     if method == "lora":
         method_section.update(rank=LORA_RANK, alpha=LORA_RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    recipe = {
+    return {
         "output_dir": str(out), "seed": 0,
-        "model": {"pretrained": str(args.work / "model"), "device": "cpu"},
-        "data": data_settings(args.work, args.resolution),
-        "training": {"max_steps": steps, "batch_size": args.batch, "learning_rate": LEARNING_RATE,
+        "model": {"pretrained": str(work / "model"), "device": "cpu"},
+        "data": data_settings(work, resolution),
+        "training": {"max_steps": steps, "batch_size": batch, "learning_rate": LEARNING_RATE,
                      "lr_scheduler": "constant", "lr_warmup_steps": 0, "mixed_precision": "no",
                      "checkpointing_steps": 1_000_000},
         "method": method_section,
         "validation": {"prompts": []},
     }
+
+
+def medsd_command(args: argparse.Namespace, method: str, steps: int, out: Path) -> list[str]:
+    """`medsd train` on a recipe written into `out` (the run's own output folder)."""
+    import yaml
+
+    recipe = medsd_recipe(args.work, args.resolution, args.batch, method, steps, out)
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return [sys.executable, "-m", "medsd", "train", str(out.parent / f"{out.name}.yaml"), *sum(
