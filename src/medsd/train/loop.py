@@ -135,11 +135,10 @@ def train(
     """
     run, cache_note = _prepare(cfg, dataset)
     step, epoch, skip = _resume(run, resume)
-    result = TrainResult(run.out, step, latent_cache=cache_note, method=run.method,
-                         num_processes=run.accelerator.num_processes)
-    started = time.perf_counter()
     math_mode = cpu_fp32_math_mode(cfg.training.cpu_fp32_math, run.accelerator.device, cfg.training.mixed_precision)
-    result.cpu_fp32_math = math_mode
+    result = TrainResult(run.out, step, latent_cache=cache_note, method=run.method,
+                         num_processes=run.accelerator.num_processes, cpu_fp32_math=math_mode)
+    started = time.perf_counter()
     if math_mode == "bf16":
         log.info("CPU float32 math: bfloat16 inputs, float32 accumulation in convolutions and matmuls "
                  "(training.cpu_fp32_math=%s; ieee for full float32)", cfg.training.cpu_fp32_math)

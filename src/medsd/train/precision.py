@@ -82,7 +82,8 @@ def check_run_device(cfg: Any, accelerator: Any) -> None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs whose instructions multiply bfloat16 (AVX512-BF16, AMX), where oneDNN's bf16 math pays."""
+    """True on CPUs with bfloat16 instructions (AVX512-BF16, AMX). Whether bf16 math is faster there depends on
+    the CPU and the model (twice as slow on the demo model on an AVX512-BF16 EPYC): bench_cpu_fp32_math.py."""
     return bool(torch.backends.mkldnn.is_available() and (torch.cpu._is_avx512_bf16_supported()
                                                           or torch.cpu._is_amx_tile_supported()))
 
