@@ -50,6 +50,15 @@ def test_both_unet_and_text_encoder_trained_on_reports(trained: Path) -> None:
     assert json.loads((trained / "runs" / "text_to_image" / "training_done.json").read_text())["step"] == 3
 
 
+def test_autoencoder_trains_with_the_ssim_term(trained: Path) -> None:
+    from medsd.config import load_run_config
+
+    # L1 alone blurred small lesions away (vae_ceiling.py: Lung Lesion 0.87 against 0.91 with SSIM, same budget).
+    method = load_run_config(trained / "configs" / "autoencoder.yaml").method
+    assert method.name == "autoencoder" and method.reconstruction == "l1" and method.ssim_weight == 1.0
+    assert method.latent_channels == 8
+
+
 def test_excluded_findings_are_neither_drawn_nor_named(trained: Path) -> None:
     data = trained / "data" / "phantom_train"
     frame = pd.read_csv(data / "train.csv")
