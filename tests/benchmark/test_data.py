@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,3 +64,27 @@ def test_rehearsal_adds_base_finding_images_that_never_show_or_name_a_held_out_f
     assert not any("Pneumothorax" in report_labels(text) for text in extra["Report"])  # denied at most
     with pytest.raises(MedsdError, match="fewer than"):
         with_rehearsal(examples, pools["rehearsal"], 50)
+
+
+@pytest.mark.parametrize("damage", ["empty csv", "no finding column", "garbled params"])
+def test_a_damaged_rendered_set_is_one_clear_error(pools: dict[str, Path], tmp_path: Path, damage: str) -> None:
+    pool = tmp_path / "phantom_pool_pneumothorax"
+    shutil.copytree(pools["pool_pneumothorax"], pool, ignore=shutil.ignore_patterns("examples_*"))
+    if damage == "empty csv":
+        (pool / "train.csv").write_text("")
+    elif damage == "no finding column":
+        pd.read_csv(pool / "train.csv").drop(columns=["Pneumothorax"]).to_csv(pool / "train.csv", index=False)
+    else:
+        (pool / "params.jsonl").write_text('{"path": "truncated')
+    with pytest.raises(MedsdError, match=f"delete {pool} so that the benchmark renders it again"):
+        training_subset(pool, "Pneumothorax", 2, BASE)
+    assert not list(pool.glob("examples_*"))  # nothing half-written is left to be reused
+
+
+def test_a_damaged_rehearsal_set_is_one_clear_error(pools: dict[str, Path], tmp_path: Path) -> None:
+    rehearsal = tmp_path / "phantom_rehearsal"
+    shutil.copytree(pools["rehearsal"], rehearsal)
+    (rehearsal / "train.csv").write_bytes(b"Path,Cardiomegaly\n\"unclosed,1\n")
+    examples = training_subset(pools["pool_pneumothorax"], "Pneumothorax", 2, BASE)
+    with pytest.raises(MedsdError, match="cannot be read"):
+        with_rehearsal(examples, rehearsal, 3)

@@ -59,7 +59,7 @@ def training_subset(pool: Path, finding: str, n: int, base_findings: list[str]) 
     subset = TrainingSubset(finding, n, pool, csv, tuple(base_findings))
     if csv.is_file():
         return subset
-    frame = pd.read_csv(pool / "train.csv")
+    frame = _read_rendered(pool, ["Path", finding])
     chosen = frame[frame[finding] == 1].head(n).copy()
     if len(chosen) < n:
         raise MedsdError(f"{pool} holds only {len(chosen)} images with {finding}, fewer than N={n}; raise the "
@@ -79,7 +79,7 @@ def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> Train
     rehearsed = replace(subset, training_csv=csv, rehearsal=k)
     if csv.is_file():
         return rehearsed
-    frame = pd.read_csv(rehearsal_set / "train.csv")
+    frame = _read_rendered(rehearsal_set, ["Path"])
     if len(frame) < k:
         raise MedsdError(f"{rehearsal_set} holds {len(frame)} images, fewer than the {k} a rehearsal setting adds; "
                          "delete the folder so that the benchmark renders it again")
@@ -90,6 +90,21 @@ def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> Train
     extra["Path"] = [str(relative / p) for p in extra["Path"]]
     _write_csv(pd.concat([pd.read_csv(subset.csv), extra], ignore_index=True).fillna({subset.finding: 0}), csv)
     return rehearsed
+
+
+def _read_rendered(folder: Path, columns: list[str]) -> pd.DataFrame:
+    """The `train.csv` of a set the benchmark rendered; one that cannot be read is one clear error."""
+    path = folder / "train.csv"
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:  # EmptyDataError is a ValueError
+        raise MedsdError(f"{path} cannot be read ({type(err).__name__}); delete {folder} so that the benchmark "
+                         "renders it again") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise MedsdError(f"{path} lacks the column(s) {missing}; delete {folder} so that the benchmark renders it "
+                         "again")
+    return frame
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -103,9 +118,11 @@ def _reports(folder: Path, paths: pd.Series, named: list[str]) -> list[str]:
     """Reports of the images at `paths` (relative to `folder`) that name only the findings in `named`."""
     from medsd.phantom.reports import report_for_record
 
-    records = {}
-    for line in (folder / "params.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            records[rec["path"]] = rec
-    return [report_for_record(records[path], findings=named).text for path in paths]
+    source = folder / "params.jsonl"
+    try:
+        records = {rec["path"]: rec for rec in map(json.loads, filter(str.strip, source.read_text().splitlines()))}
+        chosen = [records[path] for path in paths]
+    except (OSError, ValueError, KeyError) as err:  # json.JSONDecodeError is a ValueError
+        raise MedsdError(f"{source} does not describe the images of {folder / 'train.csv'} ({type(err).__name__}: "
+                         f"{err}); delete {folder} so that the benchmark renders it again") from err
+    return [report_for_record(record, findings=named).text for record in chosen]
