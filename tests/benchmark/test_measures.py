@@ -55,10 +55,12 @@ def test_perfect_answers_score_one_and_forgetting_lowers_retained() -> None:
     assert perfect["new_finding_auc"] == perfect["new_finding_auc_label"] == perfect["new_finding_auc_report"] == 1.0
     assert perfect["new_finding_accuracy"] == 1.0 and perfect["new_finding_false_positive"] == 0.0
     assert perfect["retained_auc"] == 1.0 and set(perfect["retained_auc_per_finding"]) == set(BASE)
+    assert perfect["new_finding_auc_se"] == 0.0  # every pair ranked right: no room to move
 
     unlearned = faithfulness(_judged("Pneumothorax", new_p=0.1), "Pneumothorax", BASE)
     assert unlearned["new_finding_auc"] == 0.5 and unlearned["new_finding_detected"] == 0.0
     assert unlearned["new_finding_accuracy"] == pytest.approx(16 / 24)
+    assert 0.05 < unlearned["new_finding_auc_se"] < 0.15  # 24 images asked against 24 others, at chance
 
     forgot = faithfulness(_judged("Pneumothorax", swap=2), "Pneumothorax", BASE)
     # 4 Cardiomegaly images (two at 0.8, two at 0.2) against 12 others (two at 0.8, ten at 0.2): of 48 pairs,

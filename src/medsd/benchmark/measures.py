@@ -11,7 +11,8 @@ methods' own:
 
 From the judge's probabilities:
 
-- `new_finding_auc`: AUC of the judge's new-finding probability, asked (1) against every base-condition image (2);
+- `new_finding_auc`: AUC of the judge's new-finding probability, asked (1) against every base-condition image (2),
+  with its standard error from the number of images (`new_finding_auc_se`, Hanley & McNeil);
   `new_finding_accuracy` at the judge's 0.5 threshold over the same images, with its detected and false-positive
   shares;
 - `retained_auc`: the mean over base findings of their AUC on the base-condition images (forgetting is the base
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medsd.evaluate.faithfulness import auc_standard_error
 from medsd.phantom.prompt_faithfulness import THRESHOLD, judged_frame
 from medsd.phantom.prompt_suite import PromptCase, cases_frame, label_prompt, report_configurations
 from medsd.phantom.render import FINDINGS
@@ -100,8 +102,10 @@ def faithfulness(judged: pd.DataFrame, finding: str, base_findings: list[str]) -
     per_base = {name: _auc(judged.loc[base, name].to_numpy(dtype=int), judged.loc[base, f"{name}|p"].to_numpy())
                 for name in base_findings}
     known = [v for v in per_base.values() if v is not None]
+    auc = _auc(y, p)
     return {
-        "new_finding_auc": _auc(y, p),
+        "new_finding_auc": auc,
+        "new_finding_auc_se": None if auc is None else auc_standard_error(auc, int(y.sum()), int(len(y) - y.sum())),
         "new_finding_auc_label": _auc(y[keep_label], p[keep_label]),
         "new_finding_auc_report": _auc(y[keep_report], p[keep_report]) if (report & ~base).any() else None,
         "new_finding_accuracy": float((called == (y == 1)).mean()),

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 TARGET_AUC, TARGET_DROP = 0.9, 0.05
-COLUMNS = ["finding", "method_id", "n_examples", "new_finding_auc", "new_finding_auc_label", "new_finding_auc_report",
-           "new_finding_accuracy", "retained_auc", "retained_drop", "fid", "diversity_ms_ssim", "near_copy_rate",
-           "steps", "train_seconds", "generate_seconds", "peak_memory_mb", "artefact_bytes"]
+COLUMNS = ["finding", "method_id", "n_examples", "new_finding_auc", "new_finding_auc_se", "new_finding_auc_label",
+           "new_finding_auc_report", "new_finding_accuracy", "retained_auc", "retained_drop", "fid",
+           "diversity_ms_ssim", "near_copy_rate", "steps", "train_seconds", "generate_seconds", "peak_memory_mb",
+           "artefact_bytes"]
 
 
 def with_drops(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,7 +45,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any])
     rows = with_drops(rows)
     write_results(out, rows)
     verdict = target_verdict(rows)
-    (out / "table.md").write_text(markdown_table(rows, summary) + "\n\n" + verdict["text"] + "\n")
+    (out / "table.md").write_text(markdown_table(rows, summary) + "\n\n" + sampling_error_note(summary) + "\n\n"
+                                  + verdict["text"] + "\n")
     (out / "report.html").write_text(html_report(out, rows, summary, verdict))
     return {"results": str(out / "results.json"), "report": str(out / "report.html"), "table": str(out / "table.md"),
             "target": verdict}
@@ -112,6 +114,27 @@ def target_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             f"{f} AUC {_f(a)} (base findings {_signed(None if d is None else 0.0 - d)})" for f, (a, d) in big.items())
             + at_small + ".")
     return {"met_by": met, "n_max": n_max, "n_min": n_min, "text": "\n".join(lines)}
+
+
+def sampling_error_note(summary: dict[str, Any]) -> str:
+    """How much of a new-finding AUC is the draw of the images: its standard error at the plan's image counts."""
+    from medsd.evaluate.faithfulness import auc_standard_error
+    from medsd.phantom.render import FINDINGS
+
+    plan = summary.get("plan") or {}
+    if not plan.get("new_images") or not plan.get("base_images"):
+        return ""
+    held_out = plan.get("held_out") or []
+    asked = 2 * plan["new_images"]
+    others = 2 * plan["base_images"] * (1 + len([f for f in FINDINGS if f not in held_out]))
+    low, high = auc_standard_error(0.7, asked, others), auc_standard_error(0.95, asked, others)
+    k = max(len(held_out), 1)
+    return (f"Sampling error: a run's new-finding AUC ({asked} images asked for it against {others} others) has a "
+            f"standard error of {low:.2f} near 0.7 and {high:.2f} near 0.95 from the draw of the images alone "
+            f"(Hanley & McNeil; `new_finding_auc_se` per run); a mean over {k} findings, {low / k ** 0.5:.2f} near "
+            f"0.7. Means that differ by less than about {1.96 * (2 / k) ** 0.5 * low:.2f} near 0.7 are within "
+            "sampling error of each other (every run draws with the same prompts and seeds, which makes differences "
+            "somewhat steadier than independent draws would).")
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -191,6 +214,7 @@ def html_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], 
     sections = [
         section("Which method when (means over the held-out findings)",
                 table(head, [[c.strip().strip("`") for c in r] for r in summary_rows])
+                + f"<p>{html.escape(sampling_error_note(summary))}</p>"
                 + f"<p>{html.escape(verdict['text']).replace(chr(10), '<br>')}</p>"),
         section("Plots", auc_against_n(rows) + retained_against_new(rows)),
         section("Every run", table(COLUMNS, full)),

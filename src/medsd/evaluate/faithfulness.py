@@ -14,6 +14,17 @@ from medsd.errors import MedsdError
 from medsd.evaluate.features import Scorer
 
 
+def auc_standard_error(auc: float, n_positive: int, n_negative: int) -> float:
+    """Standard error of an AUC from its value and the two group sizes (Hanley & McNeil 1982): how far the AUC of
+    that many images moves from the draw of the images alone. (scikit-learn and scipy have no AUC error.)"""
+    if n_positive < 1 or n_negative < 1:
+        raise ValueError("an AUC needs at least one positive and one negative")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc**2) + (n_negative - 1) * (q2 - auc**2)) / (
+        n_positive * n_negative)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
 @torch.no_grad()
 def score_images(scorer: Scorer, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Probabilities ``[N, F]`` for ``scorer.findings``."""
