@@ -255,6 +255,7 @@ def format_faithfulness(faith: dict[str, Any]) -> list[str]:
             lines.append("    " + f"{name:<18}" + "".join(f"{_fmt(faith[k][name].get(key)):>10}" for k in kinds_))
 
     table("faithfulness AUC (all prompts of a kind; 'real' = judge on held-out real images)", "auc", FINDINGS, kinds)
+    table("standard error of that AUC from the number of images alone (Hanley & McNeil)", "auc_se", FINDINGS, kinds)
     table("AUC, single-finding prompts", "auc_single", FINDINGS, kinds)
     table("AUC, two-finding prompts as positives", "auc_combined", FINDINGS, [k for k in kinds if k != "example"])
     table("share of images NOT asked for the finding that the judge calls positive", "false_positive_share",

@@ -3,7 +3,8 @@
 For each kind of prompt (label, report, held-out report; `medsd.phantom.prompt_suite`) and each finding:
 
 - **AUC** of the judge's probability against "the prompt asks for it", over all images of that kind, over the
-  single-finding prompts (and normal ones) only, and with the combination prompts as positives;
+  single-finding prompts (and normal ones) only, and with the combination prompts as positives; with the
+  standard error the image counts give the first (`auc_se`, Hanley & McNeil);
 - **false-positive share**: of the images whose prompt does not ask for the finding, the share the judge calls
   positive at 0.5 (an AUC can be high while every image carries a trace of the finding);
 - **side accuracy**: of the images whose prompt asks for a lateralised finding on a side, the share the judge
@@ -24,6 +25,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+from medsd.evaluate.faithfulness import auc_standard_error
 from medsd.phantom.judge import PhantomClassifier, judge_images
 from medsd.phantom.judge_heads import severity_spearman, side_from_probs
 from medsd.phantom.reports import FindingSpec, severity_level, specs_from_record
@@ -59,9 +61,12 @@ def finding_measures(frame: pd.DataFrame, name: str) -> dict[str, Any]:
     single = (frame["n_asked"] <= 1).to_numpy()
     combined = (frame["n_asked"] >= 2).to_numpy() & (asked == 1)
     negatives = asked == 0
+    auc = _auc(asked, prob)
     out: dict[str, Any] = {
         "n_asked": int(asked.sum()), "n_not_asked": int(negatives.sum()),
-        "auc": _auc(asked, prob),
+        "auc": auc,
+        # how far `auc` moves from the draw of this many images alone
+        "auc_se": None if auc is None else auc_standard_error(auc, int(asked.sum()), int(negatives.sum())),
         "auc_single": _auc(asked[single], prob[single]),
         "auc_combined": _auc(asked[combined | negatives], prob[combined | negatives]) if combined.any() else None,
         "false_positive_share": float((prob[negatives] >= THRESHOLD).mean()) if negatives.any() else None,
