@@ -35,6 +35,12 @@ def test_target_is_met_only_by_a_method_that_learns_without_forgetting() -> None
     assert "met by good" in verdict["text"] and "at N = 5 Pneumothorax AUC 0.70" in verdict["text"]
     worse = [dict(r, retained_auc=0.85) if r["method_id"] == "good" else r for r in ROWS]
     assert target_verdict(with_drops(worse))["met_by"] == []
+    # Met for one finding only: the overall verdict is no, and the per-finding line says where it was met.
+    half = [dict(r, new_finding_auc=0.8) if r["method_id"] == "good" and r["finding"] == "Lung Lesion" else r
+            for r in ROWS]
+    verdict = target_verdict(with_drops(half))
+    assert verdict["met_by"] == [] and verdict["met_by_finding"] == {"Lung Lesion": [], "Pneumothorax": ["good"]}
+    assert "Per finding: Lung Lesion: by none; Pneumothorax: met by good." in verdict["text"]
 
 
 def test_markdown_table_has_a_line_per_method_and_the_means_over_findings(tmp_path: Path) -> None:

@@ -100,10 +100,15 @@ def target_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         at = [r for r in runs if r["method_id"] == mid and r["n_examples"] == n_max]
         if len(at) == len(findings) and all(meets(r) for r in at):
             met.append(mid)
+    per_finding = {f: [r["method_id"] for r in runs if r["finding"] == f and r["n_examples"] == n_max and meets(r)]
+                   for f in findings}
     best = max((r for r in runs if r["n_examples"] == n_max), key=lambda r: r["new_finding_auc"] or 0)
     lines = [f"Target (new-finding AUC >= {TARGET_AUC} at N = {n_max} with the base findings down by at most "
              f"{TARGET_DROP} AUC, for {' and '.join(findings)}): "
              + (f"met by {', '.join(met)}." if met else "met by no method in this run.")]
+    if len(findings) > 1 and not met:
+        lines.append("Per finding: " + "; ".join(
+            f"{f}: " + (f"met by {', '.join(ids)}" if ids else "by none") for f, ids in per_finding.items()) + ".")
     for mid in met or [best["method_id"]]:
         small = {r["finding"]: r["new_finding_auc"] for r in runs if r["method_id"] == mid and r["n_examples"] == n_min}
         big = {r["finding"]: (r["new_finding_auc"], r["retained_drop"]) for r in runs
@@ -113,7 +118,7 @@ def target_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         lines.append(f"- {mid}: at N = {n_max} " + "; ".join(
             f"{f} AUC {_f(a)} (base findings {_signed(None if d is None else 0.0 - d)})" for f, (a, d) in big.items())
             + at_small + ".")
-    return {"met_by": met, "n_max": n_max, "n_min": n_min, "text": "\n".join(lines)}
+    return {"met_by": met, "met_by_finding": per_finding, "n_max": n_max, "n_min": n_min, "text": "\n".join(lines)}
 
 
 def sampling_error_note(summary: dict[str, Any]) -> str:
