@@ -80,6 +80,8 @@ def test_report_table_and_verdict(bench: tuple[Path, dict]) -> None:
     assert page.count("<img") >= 2 + 1 + len(METHODS)  # two plots, base and method grids
     table = (out / "table.md").read_text()
     assert table.startswith("| method | setting | new AUC N=2 |") and "`lora`" in table and "Target" in table
+    # 2 label + 2 report images ask for the new finding; 1 + 1 for no finding and each of the 4 base findings
+    assert "(4 images asked for it against 10 others)" in table and "Sampling error" in page
     assert summary["target"]["met_by"] == [] or set(summary["target"]["met_by"]) <= set(METHODS)
     assert set(summary["seconds"]) >= {"phantom sets", "judge", "base model", "adaptation grid"}
 

@@ -20,7 +20,7 @@ def test_default_grid_quick_grid_and_images_per_run() -> None:
     assert plan.n_examples == (5, 25, 100) and plan.held_out == ("Pneumothorax", "Lung Lesion")
     assert len(METHODS) * len(plan.n_examples) * len(plan.held_out) == 78
     # 12 + 12 new-finding images, 3 + 3 for each of no finding and the three base findings.
-    assert plan.images_per_run == 48
+    assert plan.images_per_run == 48 and plan.new_finding_images == plan.other_images == 24
     assert replace(plan, held_out=("Pneumothorax",)).images_per_run == 24 + 6 * 5
     quick = AdaptationPlan.quick()
     assert quick.n_examples == (100,) and quick.methods == QUICK_METHODS and set(QUICK_METHODS) <= set(METHODS)

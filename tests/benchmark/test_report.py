@@ -49,8 +49,9 @@ def test_markdown_table_has_a_line_per_method_and_the_means_over_findings(tmp_pa
     assert lines[0].startswith("| method | setting | new AUC N=5 | new AUC N=100 | base findings Δ AUC N=100 |")
     assert len(lines) == 2 + 3 and lines[2].startswith("| base (never saw them)")
     assert "| `lora` | forgets | 0.80 | 0.99 | -0.250 | 0.10 |" in table
-    plan = {"run_minutes": 0.5, "new_images": 12, "base_images": 3, "held_out": ["Pneumothorax", "Lung Lesion"]}
-    paths = write_report(tmp_path, ROWS, {"plan": plan, "images_per_run": 48})
+    plan = {"run_minutes": 0.5, "held_out": ["Pneumothorax", "Lung Lesion"]}
+    paths = write_report(tmp_path, ROWS, {"plan": plan, "images_per_run": 48, "new_finding_images": 24,
+                                          "other_images": 24})
     written = Path(paths["table"]).read_text()
     assert written.startswith(lines[0])
     assert "(24 images asked for it against 24 others) has a standard error of 0.08 near 0.7 and 0.03 near 0.95" \

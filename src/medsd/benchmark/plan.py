@@ -51,10 +51,19 @@ class AdaptationPlan:
         return self.base.size
 
     @property
-    def images_per_run(self) -> int:
-        """Generated per run: both prompt forms of the new finding, of no finding and of each base finding."""
+    def new_finding_images(self) -> int:
+        """Generated per run with the new finding asked: both prompt forms."""
+        return 2 * self.new_images
+
+    @property
+    def other_images(self) -> int:
+        """Generated per run without it: both prompt forms of no finding and of each base finding."""
         conditions = 1 + len(FINDINGS) - len(self.held_out)
-        return 2 * self.new_images + 2 * self.base_images * conditions
+        return 2 * self.base_images * conditions
+
+    @property
+    def images_per_run(self) -> int:
+        return self.new_finding_images + self.other_images
 
     @classmethod
     def quick(cls) -> AdaptationPlan:

@@ -124,16 +124,12 @@ def target_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def sampling_error_note(summary: dict[str, Any]) -> str:
     """How much of a new-finding AUC is the draw of the images: its standard error at the plan's image counts."""
     from medsd.evaluate.faithfulness import auc_standard_error
-    from medsd.phantom.render import FINDINGS
 
-    plan = summary.get("plan") or {}
-    if not plan.get("new_images") or not plan.get("base_images"):
+    asked, others = summary.get("new_finding_images"), summary.get("other_images")
+    if not asked or not others:
         return ""
-    held_out = plan.get("held_out") or []
-    asked = 2 * plan["new_images"]
-    others = 2 * plan["base_images"] * (1 + len([f for f in FINDINGS if f not in held_out]))
     low, high = auc_standard_error(0.7, asked, others), auc_standard_error(0.95, asked, others)
-    k = max(len(held_out), 1)
+    k = max(len((summary.get("plan") or {}).get("held_out") or []), 1)
     return (f"Sampling error: a run's new-finding AUC ({asked} images asked for it against {others} others) has a "
             f"standard error of {low:.2f} near 0.7 and {high:.2f} near 0.95 from the draw of the images alone "
             f"(Hanley & McNeil; `new_finding_auc_se` per run); a mean over {k} findings, {low / k ** 0.5:.2f} near "
