@@ -67,3 +67,33 @@ def test_augmentation_falls_back_to_on_the_fly_encoding(tiny_model_dir, shapes, 
     cfg.data = cfg.data.model_copy(update={"augment": True})
     data, note = training_data(cfg, shapes, method=None, accelerator=None)
     assert data is shapes and note is None and not (tmp_path / "aug" / "cache").exists()
+
+
+def test_table_data_set_key_follows_reports_and_files(tmp_path):
+    """A cache shared between runs misses when a report or an image changes, not only a path."""
+    import os
+
+    import pandas as pd
+
+    from medsd.train.cache import dataset_fingerprint
+
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"pixels")
+
+    class Table:
+        def __init__(self, prompts):
+            self.frame = pd.DataFrame({"path": [str(f) for f in files], "prompt": prompts, "Effusion": [0, 1, 0]})
+
+        def __len__(self):
+            return len(self.frame)
+
+    key = dataset_fingerprint(Table(["a", "b", "c"]))
+    assert dataset_fingerprint(Table(["a", "b", "c"])) == key
+    assert dataset_fingerprint(Table(["a", "Small left effusion.", "c"])) != key
+    files[1].write_bytes(b"other pixels")
+    changed = dataset_fingerprint(Table(["a", "b", "c"]))
+    assert changed != key
+    stat = files[2].stat()
+    os.utime(files[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, rewritten later
+    assert dataset_fingerprint(Table(["a", "b", "c"])) != changed

@@ -2,9 +2,10 @@
 
 The latent cache stores each image's latent *distribution* (mean and log-variance, float16) rather than one
 sample, so training still draws a fresh latent every step exactly as on-the-fly encoding does. It lives in
-`CACHE/latents-KEY/` where KEY hashes the data set (its paths and every data setting), the pixel shape and
-the VAE (config and a sample of its weights): change any of them and a new cache is built. A cache folder
-appears only once it is complete (written under `.partial`, then renamed), so an interrupted encode is
+`CACHE/latents-KEY/` where KEY hashes the data set (its table, each file's size and modification time, and
+every data setting), the pixel shape and the VAE (config and a sample of its weights): change any of them and
+a new cache is built, so one cache folder can serve every run on the same data (`training.cache_dir`). A cache
+folder appears only once it is complete (written under `.partial`, then renamed), so an interrupted encode is
 never mistaken for a finished one.
 """
 
@@ -39,7 +40,7 @@ def _hash_bytes(*parts: bytes | str) -> str:
 
 
 def dataset_fingerprint(dataset: Dataset, data_settings: dict[str, Any] | None = None) -> str:
-    """Hash of what the data set yields: its class, size, sample paths and data settings."""
+    """Hash of what the data set yields: its class, size, table (paths, prompts, labels), files and data settings."""
     parts: list[str] = [type(dataset).__name__, str(len(dataset))]
     settings = {k: v for k, v in (data_settings or {}).items() if k not in _IGNORED_DATA_FIELDS}
     parts.append(json.dumps(settings, sort_keys=True, default=str))
@@ -48,7 +49,10 @@ def dataset_fingerprint(dataset: Dataset, data_settings: dict[str, Any] | None =
     if callable(custom):
         parts.append(str(custom()))
     elif frame is not None and "path" in getattr(frame, "columns", ()):
-        parts.append("\n".join(map(str, frame["path"].tolist())))
+        # The table's content (prompts, labels) and each file's size and modification time, not only its path:
+        # a cache shared between runs (`training.cache_dir`) must miss when a report or an image changes.
+        parts.append(_frame_digest(frame))
+        parts.append("\n".join(f"{p}\t{_file_stamp(str(p))}" for p in frame["path"].tolist()))
     else:
         # No table of paths: read paths and prompts from the samples (this loads every image once per run).
         log.warning("data set %s has no `frame` or `fingerprint()`; reading every sample to key the latent cache",
@@ -57,6 +61,24 @@ def dataset_fingerprint(dataset: Dataset, data_settings: dict[str, Any] | None =
             item = dataset[i]
             parts.append(f"{item.get('path', i)}\t{item.get('prompt', '')}")
     return _hash_bytes(*parts)
+
+
+def _frame_digest(frame: Any) -> str:
+    import pandas as pd
+
+    try:
+        rows = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+        return _hash_bytes(rows, *map(str, frame.columns))
+    except TypeError:  # unhashable cells (lists, dicts): hash the table's text instead
+        return _hash_bytes(frame.to_csv(index=False))
+
+
+def _file_stamp(path: str) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:  # not a plain file path (a DICOM series folder with a slice suffix, a URL): the path alone
+        return "-"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def vae_fingerprint(vae: torch.nn.Module) -> str:
