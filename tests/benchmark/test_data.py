@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from medsd.benchmark.data import render_sets, training_subset, with_rehearsal
+from medsd.benchmark.plan import AdaptationPlan
 from medsd.errors import MedsdError
 from medsd.phantom.report_language import names_any, report_labels
 
@@ -18,7 +19,7 @@ BASE = ["Cardiomegaly", "Consolidation", "Pleural Effusion"]
 
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    plan = SimpleNamespace(n_judge=4, n_heldout=4, n_pool=14, size=32, held_out=("Pneumothorax", "Lung Lesion"))
+    plan = replace(AdaptationPlan.smoke(), n_judge=4, n_heldout=4, n_pool=14, held_out=("Pneumothorax", "Lung Lesion"))
     return render_sets(tmp_path_factory.mktemp("data"), plan, seed=0, rehearsal=6)
 
 

@@ -18,6 +18,7 @@ from medsd.errors import MedsdError
 def test_default_grid_quick_grid_and_images_per_run() -> None:
     plan = AdaptationPlan()
     assert plan.n_examples == (5, 25, 100) and plan.held_out == ("Pneumothorax", "Lung Lesion")
+    assert plan.base_findings == ["Cardiomegaly", "Consolidation", "Pleural Effusion"]
     assert len(METHODS) * len(plan.n_examples) * len(plan.held_out) == 78
     # 12 + 12 new-finding images, 3 + 3 for each of no finding and the three base findings.
     assert plan.images_per_run == 48 and plan.new_finding_images == plan.other_images == 24

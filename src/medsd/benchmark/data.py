@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from medsd.benchmark.methods import TrainingSubset
+from medsd.benchmark.plan import AdaptationPlan
 from medsd.errors import MedsdError
 from medsd.phantom.render import FINDINGS, finding_slug
 from medsd.phantom.text_model import render_training_set
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 SEED_OFFSETS = {"judge": 1, "heldout": 2, "rehearsal": 3}  # pools: 10 + the finding's index: own patients each
 
 
-def render_sets(root: Path, plan: object, seed: int, judge_set: bool = True, rehearsal: int = 0) -> dict[str, Path]:
+def render_sets(root: Path, plan: AdaptationPlan, seed: int, judge_set: bool = True,
+                rehearsal: int = 0) -> dict[str, Path]:
     """Render (or reuse) the judge set (unless a trained judge is given), the held-out set, one pool per
     held-out finding and, when `rehearsal` > 0, that many base-finding images under `root`."""
     every = list(FINDINGS)
@@ -39,9 +41,8 @@ def render_sets(root: Path, plan: object, seed: int, judge_set: bool = True, reh
         sets["judge"] = render_training_set(root / "phantom_judge", plan.n_judge, plan.size,
                                             seed + SEED_OFFSETS["judge"], every)
     if rehearsal:
-        base = [f for f in FINDINGS if f not in plan.held_out]
         sets["rehearsal"] = render_training_set(root / "phantom_rehearsal", rehearsal, plan.size,
-                                                seed + SEED_OFFSETS["rehearsal"], base)
+                                                seed + SEED_OFFSETS["rehearsal"], plan.base_findings)
     for finding in plan.held_out:
         sets[pool_name(finding)] = render_training_set(root / f"phantom_{pool_name(finding)}", plan.n_pool, plan.size,
                                                        seed + 10 + FINDINGS.index(finding), [finding])

@@ -51,6 +51,11 @@ class AdaptationPlan:
         return self.base.size
 
     @property
+    def base_findings(self) -> list[str]:
+        """The findings the base learns (every phantom finding but the held-out ones), in the phantom's order."""
+        return [f for f in FINDINGS if f not in self.held_out]
+
+    @property
     def new_finding_images(self) -> int:
         """Generated per run with the new finding asked: both prompt forms."""
         return 2 * self.new_images
@@ -58,8 +63,7 @@ class AdaptationPlan:
     @property
     def other_images(self) -> int:
         """Generated per run without it: both prompt forms of no finding and of each base finding."""
-        conditions = 1 + len(FINDINGS) - len(self.held_out)
-        return 2 * self.base_images * conditions
+        return 2 * self.base_images * (1 + len(self.base_findings))
 
     @property
     def images_per_run(self) -> int:

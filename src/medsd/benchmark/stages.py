@@ -88,10 +88,6 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     return summary
 
 
-def base_findings(plan: AdaptationPlan) -> list[str]:
-    return [f for f in FINDINGS if f not in plan.held_out]
-
-
 def train_judge(data: dict[str, Path], folder: Path, plan: AdaptationPlan, seed: int,
                 given: Path | None = None) -> dict[str, Any]:
     """The phantom judge on every finding (reused when present; `given`: a trained one), its measures on the
@@ -185,7 +181,7 @@ def run_grid(ctx: Context, data: dict[str, Path], specs: list) -> list[dict[str,
     """The base's rows, then every (N, finding, method) run, logging progress and an ETA after each."""
     from medsd.benchmark.report import write_results
 
-    plan, named = ctx.plan, base_findings(ctx.plan)
+    plan, named = ctx.plan, ctx.plan.base_findings
     rows = [measure_base(ctx, finding, named) for finding in plan.held_out]
     cells = [(n, finding, spec) for n in plan.n_examples for finding in plan.held_out for spec in specs]
     fresh, fresh_seconds = 0, 0.0
