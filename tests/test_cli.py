@@ -64,3 +64,22 @@ def test_global_quiet_survives_a_stage_with_its_own_quiet() -> None:
     assert args.quiet and not args.no_progress
     args = parser.parse_args(["generate", "--model", "m", "--prompt", "p", "--quiet"])
     assert not args.quiet and args.no_progress
+
+
+def test_only_the_named_stage_is_attached() -> None:
+    """`medsd --help` lists every stage without importing any stage's module; a command attaches its own."""
+    parser = build_parser(["--help"])
+    assert all(stage in parser.format_help() for stage in GROUPS)
+    args = build_parser(["-q", "generate", "--model", "m", "--prompt", "p"]).parse_args(
+        ["-q", "generate", "--model", "m", "--prompt", "p"])
+    assert args.quiet and args.prompt == ["p"]
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from medsd.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
