@@ -135,6 +135,28 @@ def test_cli_rejects_a_malformed_learning_rate_in_one_line(tmp_path: Path, capsy
     assert len(err) == 1 and "ID=RATE" in err[0]
 
 
+def test_cli_rehearsal_images_reach_the_plan_and_zero_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from medsd.benchmark import stages
+    from medsd.cli import main
+
+    assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rehearsal-images" in err[0]
+
+    seen = []
+
+    def record(out, plan, **kwargs):
+        seen.append(plan)
+        (out / "table.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text("table")
+        return {"table": str(out / "table.md"), "report": "r", "results": "j", "seconds": {}}
+
+    monkeypatch.setattr(stages, "run_adaptation_benchmark", record)
+    assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "7", "--out", str(tmp_path)]) == 0
+    assert seen[0].rehearsal_images == 7
+
+
 @pytest.mark.slow
 def test_cli_smoke_runs_every_method_for_both_findings(tmp_path: Path) -> None:
     from medsd.cli import main

@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-steps", type=int, default=None,
                    help="train every run for exactly this many steps instead of a time budget (numbers that do not "
                    "depend on the machine's load)")
+    p.add_argument("--rehearsal-images", type=int, default=None, metavar="K",
+                   help="base-finding images the rehearsal settings add to the N examples (default: 100)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on shared cores more threads were slower; try 2 on a quiet "
                    "machine)")
@@ -58,13 +60,17 @@ def run(args: argparse.Namespace) -> int:
 
     from medsd.benchmark.plan import AdaptationPlan
     from medsd.benchmark.stages import run_adaptation_benchmark
+    from medsd.errors import MedsdError
 
+    if args.rehearsal_images is not None and args.rehearsal_images < 1:
+        raise MedsdError(f"--rehearsal-images {args.rehearsal_images}: give one or more images (default 100)")
     torch.set_num_threads(max(1, args.threads))
     plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
                              n_examples=tuple(args.n) if args.n else None,
                              methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes,
-                             learning_rates=_learning_rates(args.learning_rate))
+                             learning_rates=_learning_rates(args.learning_rate),
+                             rehearsal_images=args.rehearsal_images)
     if args.base_minutes:
         plan = plan.with_base_minutes(args.base_minutes)
     if args.run_steps:
