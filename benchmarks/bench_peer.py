@@ -1,7 +1,7 @@
 """medsd against diffusers' reference training scripts: same model, images and settings, whole processes.
 
     python benchmarks/bench_peer.py [--methods lora full] [--pairs 3] [--steps 100 400] [--threads 1] [--nice N]
-        [--images 480] [--work DIR] [--peers DIR] [--set KEY=VALUE ...]
+        [--images 480] [--work DIR] [--peers DIR] [--set KEY=VALUE ...] [--warm-data-cache]
 
 1. Prepare (once per --work folder): the demo-size tiny model (`medsd model tiny --size demo`), `--images`
    phantom radiographs rendered at the training resolution, and the same files with the same prompts as an
@@ -13,6 +13,9 @@
    LoRA rank 4 (alpha 4) on to_q/k/v/out.0; AdamW lr 1e-4 constant, no warm-up, clip 1.0; fp32; no
    validation; no checkpoint before the end. Every run starts cold: a fresh output folder, so medsd builds its
    latent cache, the script its `datasets` cache and torch.compile (if set) its kernels each time.
+   `--warm-data-cache` measures the second run on the same data instead: both tools keep their data caches in
+   the --work folder (medsd `training.cache_dir`, the script `--cache_dir`), filled by one untimed 1-step run
+   of each before the pairs.
 3. Report: per method, the median over pairs of wall-clock seconds (and CPU seconds, which other processes on a
    shared machine disturb less), the median of the per-pair ratios (script / medsd), and the steady state:
    images/s over (long - short) steps. Prints a markdown table (README form), writes `results.json` in --work.
@@ -113,8 +116,9 @@ def medsd_command(args: argparse.Namespace, method: str, steps: int, out: Path) 
     recipe = medsd_recipe(args.work, args.resolution, args.batch, method, steps, out)
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    shared = [f"training.cache_dir={args.work / 'medsd-latent-cache'}"] if args.warm_data_cache else []
     return [sys.executable, "-m", "medsd", "train", str(out.parent / f"{out.name}.yaml"), *sum(
-        (["--set", s] for s in args.set), [])]
+        (["--set", s] for s in [*args.set, *shared]), [])]
 
 
 def peer_command(args: argparse.Namespace, method: str, steps: int, out: Path) -> list[str]:
@@ -123,7 +127,8 @@ def peer_command(args: argparse.Namespace, method: str, steps: int, out: Path) -
         sys.executable, str(args.peers / PEER_SCRIPTS[method]),
         "--pretrained_model_name_or_path", str(args.work / "model"),
         "--train_data_dir", str(args.work / "imagefolder" / "train"), "--caption_column", "text",
-        "--cache_dir", str(out / "datasets-cache"), "--output_dir", str(out),
+        "--cache_dir", str(args.work / "datasets-cache" if args.warm_data_cache else out / "datasets-cache"),
+        "--output_dir", str(out),
         "--resolution", str(args.resolution), "--center_crop", "--train_batch_size", str(args.batch),
         "--max_train_steps", str(steps), "--learning_rate", str(LEARNING_RATE), "--lr_scheduler", "constant",
         "--lr_warmup_steps", "0", "--mixed_precision", "no", "--dataloader_num_workers", "0",
@@ -170,6 +175,12 @@ def run_pairs(args: argparse.Namespace, method: str) -> list[dict]:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                    TORCHINDUCTOR_COMPILE_THREADS=str(args.threads))
     builders = {"medsd": medsd_command, "peer": peer_command}
+    if args.warm_data_cache:  # fill both data caches once, untimed
+        for tool, build in builders.items():
+            out = args.work / "runs" / f"{method}-{tool}-warmup"
+            shutil.rmtree(out, ignore_errors=True)
+            timed_run(build(args, method, 1, out), env, args.nice, out.parent / f"{out.name}.log")
+            shutil.rmtree(out, ignore_errors=True)
     runs = []
     for pair in range(args.pairs):
         order = ["medsd", "peer"] if pair % 2 == 0 else ["peer", "medsd"]
@@ -224,6 +235,8 @@ def markdown(summaries: dict, args: argparse.Namespace, loads: list[float]) -> s
         f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}). "
         "Seconds are medians over pairs; ratios are medians of the per-pair ratios (diffusers / medsd); CPU "
         "seconds (user + system) are disturbed less by other processes than wall-clock seconds."
+        + (" Data caches warm (the second run on the same data: medsd's latent cache, the script's `datasets` "
+           "cache)." if args.warm_data_cache else " Data caches cold (every run encodes its data).")
         + (f" medsd overrides: `{' '.join(args.set)}`" + (" (torch.compile cache warm)." if args.warm_torch_cache
                                                            else " (torch.compile from scratch in every run).")
            if args.set else ""),
@@ -262,6 +275,9 @@ def main() -> None:
     parser.add_argument("--warm-torch-cache", action="store_true",
                         help="let torch.compile reuse its on-disk cache across runs (default: every run compiles "
                         "from scratch, like a first run on a new machine)")
+    parser.add_argument("--warm-data-cache", action="store_true",
+                        help="time the second run on the same data: both tools reuse their data caches (default: "
+                        "every run builds them, like a first run)")
     args = parser.parse_args()
     if args.steps[1] <= args.steps[0]:
         parser.error("--steps SHORT LONG needs LONG > SHORT")
