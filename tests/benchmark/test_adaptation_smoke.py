@@ -41,6 +41,7 @@ def test_rows_for_the_base_and_every_method(bench: tuple[Path, dict]) -> None:
         assert all(key in row for key in REQUIRED), row
         assert 0.0 <= row["new_finding_auc"] <= 1.0 and 0.0 <= row["retained_auc"] <= 1.0
         assert row["fid"] >= 0 and row["peak_memory_mb"] > 0
+        assert set(row["new_finding_auc_against"]) == {"no finding", *row["retained_auc_per_finding"]}
     runs = rows[1:]
     assert all(r["n_examples"] == 2 and r["steps"] == 2 and r["train_seconds"] > 0 for r in runs)
     assert all(r["artefact_bytes"] > 0 and 0.0 <= r["near_copy_rate"] <= 1.0 for r in runs)
@@ -97,9 +98,15 @@ def test_second_call_reuses_every_run_and_other_settings_are_refused(bench: tupl
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(medsd.train.loop, "train", no_training)
+    # A run measured by an older version lacks a judge-derived measure: it is computed from its judged.csv.
+    older = Path(before[1]["run"]) / "measures.json"
+    row = json.loads(older.read_text())
+    del row["new_finding_auc_against"]
+    older.write_text(json.dumps(row))
     run_adaptation_benchmark(out, _plan())
     after = json.loads((out / "results.json").read_text())
     assert after == before
+    assert "new_finding_auc_against" in json.loads(older.read_text())
     with pytest.raises(MedsdError, match="other settings"):
         run_adaptation_benchmark(out, replace(_plan(), new_images=3))
 

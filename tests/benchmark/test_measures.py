@@ -72,3 +72,16 @@ def test_perfect_answers_score_one_and_forgetting_lowers_retained() -> None:
 def test_token_prompts_have_no_report_auc() -> None:
     measures = faithfulness(_judged("Lung Lesion", trigger="<lung_lesion>"), "Lung Lesion", BASE)
     assert measures["new_finding_auc"] == 1.0 and measures["new_finding_auc_report"] is None
+
+
+def test_auc_against_each_base_condition_names_what_the_new_finding_is_confused_with() -> None:
+    judged = _judged("Lung Lesion")
+    consolidation = judged["condition"] == "Consolidation"
+    judged.loc[consolidation, "Lung Lesion|p"] = 0.95  # the base's consolidation reads as a lesion
+    measures = faithfulness(judged, "Lung Lesion", BASE)
+    against = measures["new_finding_auc_against"]
+    assert set(against) == {"no finding", *BASE}
+    assert against["Consolidation"] == 0.0
+    assert against["no finding"] == against["Cardiomegaly"] == against["Pleural Effusion"] == 1.0
+    # 4 negatives of 16 rank above every positive: the overall AUC is capped at 12 / 16.
+    assert measures["new_finding_auc"] == pytest.approx(12 / 16)

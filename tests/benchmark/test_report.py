@@ -57,3 +57,14 @@ def test_markdown_table_has_a_line_per_method_and_the_means_over_findings(tmp_pa
     assert "(24 images asked for it against 24 others) has a standard error of 0.08 near 0.7 and 0.03 near 0.95" \
         in written
     assert "<table>" in Path(paths["report"]).read_text() and paths["target"]["met_by"] == ["good"]
+
+
+def test_report_shows_what_each_new_finding_is_confused_with(tmp_path: Path) -> None:
+    against = {"no finding": 0.97, "Cardiomegaly": 0.95, "Consolidation": 0.31}
+    rows = [dict(r, new_finding_auc_against=against) if r["finding"] == "Lung Lesion" else r for r in ROWS]
+    report = Path(write_report(tmp_path, rows, {})["report"]).read_text()
+    section = report.split("What the new finding is confused with")[1].split("</table>")[0]
+    assert "<th>Consolidation</th>" in section and section.count("<td>0.31</td>") == 5  # base, two methods at two N
+    assert "Pneumothorax" not in section  # runs measured before the per-condition AUC are left out
+    before = Path(write_report(tmp_path, ROWS, {})["report"]).read_text()
+    assert "Not measured for these runs" in before

@@ -13,6 +13,9 @@ From the judge's probabilities:
 
 - `new_finding_auc`: AUC of the judge's new-finding probability, asked (1) against every base-condition image (2),
   with its standard error from the number of images (`new_finding_auc_se`, Hanley & McNeil);
+  `new_finding_auc_against`: the same against each base condition alone (which condition the judge confuses
+  with the new finding: a base model whose consolidation reads as a lesion caps Lung Lesion's AUC whatever the
+  method does to the lesion images);
   `new_finding_accuracy` at the judge's 0.5 threshold over the same images, with its detected and false-positive
   shares;
 - `retained_auc`: the mean over base findings of their AUC on the base-condition images (forgetting is the base
@@ -103,11 +106,17 @@ def faithfulness(judged: pd.DataFrame, finding: str, base_findings: list[str]) -
                 for name in base_findings}
     known = [v for v in per_base.values() if v is not None]
     auc = _auc(y, p)
+    new = ~base
+    against = {}
+    for condition in ["no finding", *base_findings]:
+        one = new | (judged["condition"] == condition).to_numpy()
+        against[condition] = _auc(y[one], p[one]) if (one & base).any() else None
     return {
         "new_finding_auc": auc,
         "new_finding_auc_se": None if auc is None else auc_standard_error(auc, int(y.sum()), int(len(y) - y.sum())),
         "new_finding_auc_label": _auc(y[keep_label], p[keep_label]),
         "new_finding_auc_report": _auc(y[keep_report], p[keep_report]) if (report & ~base).any() else None,
+        "new_finding_auc_against": against,
         "new_finding_accuracy": float((called == (y == 1)).mean()),
         "new_finding_detected": float(called[y == 1].mean()) if (y == 1).any() else None,
         "new_finding_false_positive": float(called[y == 0].mean()) if (y == 0).any() else None,

@@ -192,6 +192,18 @@ def _steps(at: dict[int, dict[str, Any]]) -> str:
     return f"{min(steps):.0f}–{max(steps):.0f}" if steps else "–"
 
 
+def confusion_table(rows: list[dict[str, Any]], table: Any) -> str:
+    """Per run, the new finding's AUC against each base condition's images alone: a low cell is a condition the
+    judge reads as the new finding (in the base's images too, if the base row shows it)."""
+    runs = [r for r in rows if r.get("new_finding_auc_against")]
+    if not runs:
+        return "<p>Not measured for these runs (measured by this version's runs).</p>"
+    conditions = list(dict.fromkeys(c for r in runs for c in r["new_finding_auc_against"]))
+    return table(["finding", "method", "N", *conditions],
+                 [[r["finding"], r["method_id"], r["n_examples"],
+                   *[_f(r["new_finding_auc_against"].get(c)) for c in conditions]] for r in runs])
+
+
 def html_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], verdict: dict[str, Any]) -> str:
     """The single-file report: notes, the summary and full tables, plots, and image grids per method."""
     import html
@@ -218,6 +230,8 @@ def html_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], 
                 + f"<p>{html.escape(sampling_error_note(summary))}</p>"
                 + f"<p>{html.escape(verdict['text']).replace(chr(10), '<br>')}</p>"),
         section("Plots", auc_against_n(rows) + retained_against_new(rows)),
+        section("What the new finding is confused with: its AUC against each base condition alone",
+                confusion_table(rows, table)),
         section("Every run", table(COLUMNS, full)),
         section("Images at the largest N: new finding asked by label, then by report; base conditions by label",
                 image_grids(rows)),

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from medsd.benchmark.measures import asked_frame, evaluation_cases, measure_images
+from medsd.benchmark.measures import asked_frame, evaluation_cases, faithfulness, measure_images
 from medsd.benchmark.methods import ARTEFACT_KEYS, MethodSpec, TrainingSubset, adaptation_recipe
 from medsd.phantom.render import finding_slug
 
@@ -54,7 +54,7 @@ def adapt_and_measure(ctx: Context, spec: MethodSpec, subset: TrainingSubset) ->
     run_dir = ctx.out / "runs" / name
     done = run_dir / "measures.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_back(done, subset.finding, list(subset.base_findings))
     reset_peak_memory()
     recipe = adaptation_recipe(spec, ctx.base_model, subset, run_dir, ctx.plan, ctx.out / "cache",
                                ctx.class_images, ctx.seed)
@@ -87,12 +87,28 @@ def adapt_and_measure(ctx: Context, spec: MethodSpec, subset: TrainingSubset) ->
     return row
 
 
+def read_back(done: Path, finding: str, base_findings: list[str]) -> dict[str, Any]:
+    """A finished run's row. Judge-derived measures that a later version added are computed from the run's
+    judged.csv (the judge's answers, kept beside measures.json), so older runs gain them without regenerating."""
+    import pandas as pd
+
+    row = json.loads(done.read_text())
+    judged = done.parent / "judged.csv"
+    if judged.is_file():
+        measures = faithfulness(pd.read_csv(judged), finding, base_findings)
+        missing = {k: v for k, v in measures.items() if k not in row}
+        if missing:
+            row.update(missing)
+            done.write_text(json.dumps(row, indent=1))
+    return row
+
+
 def measure_base(ctx: Context, finding: str, base_findings: list[str]) -> dict[str, Any]:
     """The base model asked the same prompts (its row: what adaptation starts from, and forgetting's zero)."""
     run_dir = ctx.out / "runs" / f"{finding_slug(finding)}_base"
     done = run_dir / "measures.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_back(done, finding, base_findings)
     from medsd.generate.loading import load_model
 
     reset_peak_memory()
