@@ -49,6 +49,7 @@ def test_rows_for_the_base_and_every_method(bench: tuple[Path, dict]) -> None:
     assert {r["method"] for r in runs} == {"textual_inversion", "lora", "dreambooth", "full"}
     rehearsed = next(r for r in runs if r["method_id"] == "full_unet_te_rehearsal")
     assert rehearsed["rehearsal_images"] == _plan().rehearsal_images and runs[0]["rehearsal_images"] == 0
+    assert rehearsed["example_repeats"] == 1  # once each unless --example-share
     trained_on = pd.read_csv(load_run_config(rehearsed["recipe"]).data.csv)
     assert len(trained_on) == rehearsed["n_examples"] + _plan().rehearsal_images
     # Each image the judge read is on disk, with the prompt it was asked.
@@ -142,14 +143,15 @@ def test_cli_rejects_a_malformed_learning_rate_in_one_line(tmp_path: Path, capsy
     assert len(err) == 1 and "ID=RATE" in err[0]
 
 
-def test_cli_rehearsal_images_reach_the_plan_and_zero_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_rehearsal_options_reach_the_plan_and_bad_values_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from medsd.benchmark import stages
     from medsd.cli import main
 
-    assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "0", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--rehearsal-images" in err[0]
+    for option, value in (("--rehearsal-images", "0"), ("--example-share", "1"), ("--example-share", "0")):
+        assert main(["benchmark", "adaptation", "--smoke", option, value, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and option in err[0]
 
     seen = []
 
@@ -160,8 +162,9 @@ def test_cli_rehearsal_images_reach_the_plan_and_zero_is_refused(tmp_path: Path,
         return {"table": str(out / "table.md"), "report": "r", "results": "j", "seconds": {}}
 
     monkeypatch.setattr(stages, "run_adaptation_benchmark", record)
-    assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "7", "--out", str(tmp_path)]) == 0
-    assert seen[0].rehearsal_images == 7
+    assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "7", "--example-share", "0.33",
+                 "--out", str(tmp_path)]) == 0
+    assert seen[0].rehearsal_images == 7 and seen[0].example_share == 0.33
 
 
 @pytest.mark.slow

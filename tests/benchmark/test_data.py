@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medsd.benchmark.data import render_sets, training_subset, with_rehearsal
+from medsd.benchmark.data import example_repeats, render_sets, training_subset, with_rehearsal
 from medsd.benchmark.plan import AdaptationPlan
 from medsd.errors import MedsdError
 from medsd.phantom.report_language import names_any, report_labels
@@ -65,6 +65,19 @@ def test_rehearsal_adds_base_finding_images_that_never_show_or_name_a_held_out_f
     assert not any("Pneumothorax" in report_labels(text) for text in extra["Report"])  # denied at most
     with pytest.raises(MedsdError, match="fewer than"):
         with_rehearsal(examples, pools["rehearsal"], 50)
+
+
+def test_examples_repeat_to_their_share_of_the_rehearsal_rows(pools: dict[str, Path]) -> None:
+    assert [example_repeats(5, 200, s) for s in (None, 1 / 3, 0.5)] == [1, 20, 40]
+    assert example_repeats(100, 200, 1 / 3) == 1 and example_repeats(100, 100, 0.1) == 1  # never fewer than once
+    examples = training_subset(pools["pool_pneumothorax"], "Pneumothorax", 2, BASE)
+    subset = with_rehearsal(examples, pools["rehearsal"], 6, share=0.5)
+    train = pd.read_csv(subset.training_csv)
+    assert subset.example_repeats == 3 and subset.training_csv.name.endswith("_rehearsal006_x3.csv")
+    assert len(train) == 12 and int(train["Pneumothorax"].sum()) == 3 * int(pd.read_csv(examples.csv)["Pneumothorax"].sum())
+    assert list(train["Path"][:6]) == list(pd.read_csv(examples.csv)["Path"]) * 3
+    # Once each (the default) is another CSV: both settings can sit in one pool.
+    assert with_rehearsal(examples, pools["rehearsal"], 6).training_csv != subset.training_csv
 
 
 @pytest.mark.parametrize("damage", ["empty csv", "no finding column", "garbled params"])

@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "depend on the machine's load)")
     p.add_argument("--rehearsal-images", type=int, default=None, metavar="K",
                    help="base-finding images the rehearsal settings add to the N examples (default: 100)")
+    p.add_argument("--example-share", type=float, default=None, metavar="S",
+                   help="rehearsal settings: repeat the N examples so they make about this share of the training "
+                   "images, e.g. 0.33 (default: each once)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on shared cores more threads were slower; try 2 on a quiet "
                    "machine)")
@@ -64,13 +67,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rehearsal_images is not None and args.rehearsal_images < 1:
         raise MedsdError(f"--rehearsal-images {args.rehearsal_images}: give one or more images (default 100)")
+    if args.example_share is not None and not 0 < args.example_share < 1:
+        raise MedsdError(f"--example-share {args.example_share}: give a share between 0 and 1, e.g. 0.33")
     torch.set_num_threads(max(1, args.threads))
     plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
                              n_examples=tuple(args.n) if args.n else None,
                              methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes,
                              learning_rates=_learning_rates(args.learning_rate),
-                             rehearsal_images=args.rehearsal_images)
+                             rehearsal_images=args.rehearsal_images, example_share=args.example_share)
     if args.base_minutes:
         plan = plan.with_base_minutes(args.base_minutes)
     if args.run_steps:

@@ -71,13 +71,25 @@ def training_subset(pool: Path, finding: str, n: int, base_findings: list[str]) 
     return subset
 
 
-def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> TrainingSubset:
+def example_repeats(n: int, k: int, share: float | None) -> int:
+    """How often each of `n` examples is listed beside `k` rehearsal images so that they make about `share` of
+    the rows (at least once; None: once)."""
+    if share is None:
+        return 1
+    return max(1, round(share * k / ((1 - share) * n)))
+
+
+def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int, share: float | None = None) -> TrainingSubset:
     """`subset` whose training CSV adds the first `k` images of the rehearsal set (base findings only, reports
-    naming the base findings and the new one, as the examples' do); the examples CSV is unchanged."""
+    naming the base findings and the new one, as the examples' do); the examples CSV is unchanged. `share`:
+    repeat the examples so they make about that share of the rows (a batch then draws them that often however
+    few they are), as DreamBooth pairs each instance image with a class image."""
     if k <= 0:
         return subset
-    csv = subset.csv.with_name(f"{subset.csv.stem}_rehearsal{k:03d}.csv")
-    rehearsed = replace(subset, training_csv=csv, rehearsal=k)
+    repeats = example_repeats(subset.n, k, share)
+    suffix = f"_x{repeats}" if repeats > 1 else ""
+    csv = subset.csv.with_name(f"{subset.csv.stem}_rehearsal{k:03d}{suffix}.csv")
+    rehearsed = replace(subset, training_csv=csv, rehearsal=k, example_repeats=repeats)
     if csv.is_file():
         return rehearsed
     frame = _read_rendered(rehearsal_set, ["Path"])
@@ -89,7 +101,8 @@ def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int) -> Train
     # Paths stay relative to the pool (the run's data.root), so the set is read where it lies.
     relative = Path("..") / rehearsal_set.name
     extra["Path"] = [str(relative / p) for p in extra["Path"]]
-    _write_csv(pd.concat([pd.read_csv(subset.csv), extra], ignore_index=True).fillna({subset.finding: 0}), csv)
+    examples = pd.read_csv(subset.csv)
+    _write_csv(pd.concat([examples] * repeats + [extra], ignore_index=True).fillna({subset.finding: 0}), csv)
     return rehearsed
 
 

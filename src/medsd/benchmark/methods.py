@@ -105,8 +105,8 @@ def method_specs(ids: tuple[str, ...] | list[str] | None,
 class TrainingSubset:
     """The N training images of one held-out finding: a CSV (with reports) inside a phantom pool folder.
 
-    `training_csv`, when set, is what a run trains on: the N examples plus `rehearsal` base-finding images
-    (`csv` stays the N examples alone, which near-copies are measured against)."""
+    `training_csv`, when set, is what a run trains on: the N examples (each `example_repeats` times) plus
+    `rehearsal` base-finding images (`csv` stays the N examples alone, which near-copies are measured against)."""
 
     finding: str
     n: int
@@ -115,6 +115,7 @@ class TrainingSubset:
     base_findings: tuple[str, ...]
     training_csv: Path | None = None
     rehearsal: int = 0
+    example_repeats: int = 1  # how often each example appears in `training_csv`
 
 
 def adaptation_recipe(spec: MethodSpec, base_model: Path, subset: TrainingSubset, output_dir: Path, plan: Any,

@@ -44,6 +44,9 @@ class AdaptationPlan:
     judge_epochs: int = 25
     class_images: int = 50  # DreamBooth prior-preservation images, drawn once by the base model
     rehearsal_images: int = 100  # base-finding images the rehearsal settings add to the N examples
+    # Rehearsal settings: repeat the N examples so they make about this share of the training rows (kohya's
+    # num_repeats); None: each once, so at N = 5 with 100 base-finding images they are 5 % of what a batch draws.
+    example_share: float | None = None
     base: TextModelPlan = field(default_factory=TextModelPlan)
 
     @property

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # Plan fields that change what a finished run measured: a folder holding runs made under other values is refused.
 RUN_FIELDS = ("held_out", "run_minutes", "max_steps", "batch_size", "new_images", "base_images", "sample_steps",
-              "guidance", "n_judge", "n_heldout", "n_pool", "judge_epochs", "class_images", "rehearsal_images")
+              "guidance", "n_judge", "n_heldout", "n_pool", "judge_epochs", "class_images", "rehearsal_images",
+              "example_share")
 
 
 class Stages:
@@ -188,7 +189,7 @@ def run_grid(ctx: Context, data: dict[str, Path], specs: list) -> list[dict[str,
     for i, (n, finding, spec) in enumerate(cells, start=1):
         subset = training_subset(data[pool_name(finding)], finding, n, named)
         if spec.rehearsal:
-            subset = with_rehearsal(subset, data["rehearsal"], plan.rehearsal_images)
+            subset = with_rehearsal(subset, data["rehearsal"], plan.rehearsal_images, plan.example_share)
         reused = (ctx.out / "runs" / run_name(finding, n, spec.id) / "measures.json").is_file()
         started = time.perf_counter()
         row = adapt_and_measure(ctx, spec, subset)
