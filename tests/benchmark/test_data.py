@@ -74,7 +74,8 @@ def test_examples_repeat_to_their_share_of_the_rehearsal_rows(pools: dict[str, P
     subset = with_rehearsal(examples, pools["rehearsal"], 6, share=0.5)
     train = pd.read_csv(subset.training_csv)
     assert subset.example_repeats == 3 and subset.training_csv.name.endswith("_rehearsal006_x3.csv")
-    assert len(train) == 12 and int(train["Pneumothorax"].sum()) == 3 * int(pd.read_csv(examples.csv)["Pneumothorax"].sum())
+    shown = int(pd.read_csv(examples.csv)["Pneumothorax"].sum())
+    assert len(train) == 12 and int(train["Pneumothorax"].sum()) == 3 * shown
     assert list(train["Path"][:6]) == list(pd.read_csv(examples.csv)["Path"]) * 3
     # Once each (the default) is another CSV: both settings can sit in one pool.
     assert with_rehearsal(examples, pools["rehearsal"], 6).training_csv != subset.training_csv

@@ -77,7 +77,8 @@ def adapt_and_measure(ctx: Context, spec: MethodSpec, subset: TrainingSubset) ->
     row = {
         "method": spec.family, "setting": spec.setting, "method_id": spec.id, "finding": subset.finding,
         "n_examples": subset.n, **measures, "steps": training["step"],
-        "images_seen": training["step"] * min(ctx.plan.batch_size, subset.n * subset.example_repeats + subset.rehearsal),
+        "images_seen": training["step"] * min(ctx.plan.batch_size, subset.n * subset.example_repeats
+                                              + subset.rehearsal),
         "rehearsal_images": subset.rehearsal, "example_repeats": subset.example_repeats,
         "train_seconds": round(train_seconds, 1), "generate_seconds": round(generate_seconds, 1),
         "peak_memory_mb": peak_memory_mb(), "artefact_bytes": artefact_bytes(artefact),
