@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -85,3 +88,24 @@ def test_auc_against_each_base_condition_names_what_the_new_finding_is_confused_
     assert against["no finding"] == against["Cardiomegaly"] == against["Pleural Effusion"] == 1.0
     # 4 negatives of 16 rank above every positive: the overall AUC is capped at 12 / 16.
     assert measures["new_finding_auc"] == pytest.approx(12 / 16)
+
+
+def test_a_finished_run_gains_new_measures_from_its_judged_answers_and_a_damaged_file_loses_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from medsd.benchmark.runs import read_back
+
+    run = tmp_path / "run"
+    run.mkdir()
+    done = run / "measures.json"
+    older = {"new_finding_auc": 1.0, "steps": 7}  # written before new_finding_auc_against existed
+    done.write_text(json.dumps(older))
+    _judged("Lung Lesion").to_csv(run / "judged.csv", index=False)
+    row = read_back(done, "Lung Lesion", BASE)
+    assert row["steps"] == 7 and row["new_finding_auc_against"]["Consolidation"] == 1.0
+    assert json.loads(done.read_text()) == row  # stored, so the next reuse reads it back
+
+    done.write_text(json.dumps(older))
+    (run / "judged.csv").write_bytes(b"prompt,kind\n\"unclosed,1\n")
+    with caplog.at_level(logging.WARNING):
+        assert read_back(done, "Lung Lesion", BASE) == older
+    assert "judged.csv cannot be read" in caplog.text and json.loads(done.read_text()) == older

@@ -192,9 +192,11 @@ def _steps(at: dict[int, dict[str, Any]]) -> str:
     return f"{min(steps):.0f}–{max(steps):.0f}" if steps else "–"
 
 
-def confusion_table(rows: list[dict[str, Any]], table: Any) -> str:
+def confusion_table(rows: list[dict[str, Any]]) -> str:
     """Per run, the new finding's AUC against each base condition's images alone: a low cell is a condition the
     judge reads as the new finding (in the base's images too, if the base row shows it)."""
+    from medsd.evaluate.report import table
+
     runs = [r for r in rows if r.get("new_finding_auc_against")]
     if not runs:
         return "<p>Not measured for these runs (measured by this version's runs).</p>"
@@ -231,7 +233,7 @@ def html_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], 
                 + f"<p>{html.escape(verdict['text']).replace(chr(10), '<br>')}</p>"),
         section("Plots", auc_against_n(rows) + retained_against_new(rows)),
         section("What the new finding is confused with: its AUC against each base condition alone",
-                confusion_table(rows, table)),
+                confusion_table(rows)),
         section("Every run", table(COLUMNS, full)),
         section("Images at the largest N: new finding asked by label, then by report; base conditions by label",
                 image_grids(rows)),

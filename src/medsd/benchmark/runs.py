@@ -95,12 +95,17 @@ def read_back(done: Path, finding: str, base_findings: list[str]) -> dict[str, A
 
     row = json.loads(done.read_text())
     judged = done.parent / "judged.csv"
-    if judged.is_file():
+    if not judged.is_file():
+        return row
+    try:
         measures = faithfulness(pd.read_csv(judged), finding, base_findings)
-        missing = {k: v for k, v in measures.items() if k not in row}
-        if missing:
-            row.update(missing)
-            done.write_text(json.dumps(row, indent=1))
+    except (OSError, ValueError, KeyError) as err:  # pandas' parser and empty-data errors are ValueErrors
+        log.warning("%s cannot be read (%s: %s); %s keeps the measures it has", judged, type(err).__name__, err, done)
+        return row
+    missing = {k: v for k, v in measures.items() if k not in row}
+    if missing:
+        row.update(missing)
+        done.write_text(json.dumps(row, indent=1))
     return row
 
 
