@@ -4,4 +4,5 @@ import sys
 
 from medsd.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (tools, worker processes) does not run the CLI
+    sys.exit(main())

@@ -18,6 +18,7 @@ from medsd import __version__
 from medsd.errors import MedsdError, describe_os_error
 
 log = logging.getLogger("medsd")
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 GROUPS: dict[str, str] = {
     "data": "Read, inspect and prepare data sets; render the offline chest X-ray phantom.",
@@ -98,7 +99,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Log to stderr; --verbose shows debug, --quiet only warnings; third-party chatter stays at warning."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
     for noisy in ("diffusers", "transformers", "accelerate", "PIL", "matplotlib", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
