@@ -51,3 +51,15 @@ def test_torch_threads_restores_the_setting() -> None:
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_a_training_callback_takes_the_threads_back_once_the_stage_beside_it_is_done() -> None:
+    before = torch.get_num_threads()
+    with StageTimer().beside("sleep", time.sleep, 2) as job:
+        callback = job.threads_back_when_done(2)
+        callback(1, 0.5)
+        assert torch.get_num_threads() == 1 and not job.ready()  # still running: the core is taken
+        job.result()
+        callback(2, 0.5)
+        assert torch.get_num_threads() == 2 and job.ready()
+    assert torch.get_num_threads() == before

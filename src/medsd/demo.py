@@ -2,11 +2,11 @@
 
 1. render a labelled phantom training set with a free-text report per image, and a held-out set (other
    virtual patients);
-2. train the phantom judge (finding, side and severity) and measure it on the held-out images, in a second
-   process beside the autoencoder (each at one thread: on 2 cores that frees the judge's minutes);
-3. train the text-to-image model from scratch (`medsd.phantom.text_model`): the demo-size tiny model's
+2. train the text-to-image model from scratch (`medsd.phantom.text_model`): the demo-size tiny model's
    autoencoder; its text encoder pretrained to read findings, side and severity from the reports; then
    U-Net + text encoder together on reports and label prompts (RoentGen's best setting);
+3. beside the text-to-image stage, in a second process at one thread, train the phantom judge (finding, side
+   and severity) and measure it on the held-out images;
 4. generate from label prompts, from report-style prompts (every finding at three severities, on each side,
    and combinations), from reports written only with phrases the model never saw in training, and the
    README's example; an interpolation strip healthy -> cardiomegaly and an effusion inpainted into a healthy
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_PROMPT = "Moderate cardiomegaly. Small right pleural effusion."
 # Phantom, report reader, generation and evaluation at the default sizes (2 CPU cores); the judge trains beside
-# the autoencoder, in its minutes.
+# the text-to-image stage, in its minutes.
 FIXED_MINUTES = 4.5
 
 
@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
     """Run every stage into `out`; returns the summary (also written to OUT/summary.json)."""
+    import torch
+
     from medsd import demo_stages as R
     from medsd.phantom import text_model as T
 
@@ -105,15 +107,18 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
     stages, m = StageTimer(), plan.model
     data = stages.run("phantom", _render_phantoms, out / "data", plan, seed)
     base = stages.run("tiny model", T.build_base_model, out / "models" / "tiny-demo", m, seed)
-    # The judge is a small CNN that trains at one thread; beside the autoencoder it costs the demo no minutes.
-    with stages.beside("judge", R.train_judge, data, out / "classifier", plan, seed) as judge_job:
-        vae = stages.run("train autoencoder", T.run_recipe, out, "autoencoder",
-                         T.autoencoder_recipe(out, base, data["train"], m, FINDINGS))
-    judge = judge_job.result()
+    vae = stages.run("train autoencoder", T.run_recipe, out, "autoencoder",
+                     T.autoencoder_recipe(out, base, data["train"], m, FINDINGS))
     reader = stages.run("train report_reader", T.run_recipe, out, "report_reader",
                         T.report_reader_recipe(out, base, data["train"], m, FINDINGS))
-    run = stages.run("train text_to_image", T.run_recipe, out, "text_to_image",
-                     T.text_to_image_recipe(out, reader / "pipeline", data["train"], vae, m, FINDINGS))
+    threads = torch.get_num_threads()
+    # The judge, a small CNN at one thread, trains in a second process beside the text-to-image U-Net, which
+    # loses little at one thread and takes its second thread back when the judge is done (medsd.stage_timer).
+    with stages.beside("judge", R.train_judge, data, out / "classifier", plan, seed) as judge_job:
+        run = stages.run("train text_to_image", T.run_recipe, out, "text_to_image",
+                         T.text_to_image_recipe(out, reader / "pipeline", data["train"], vae, m, FINDINGS),
+                         callbacks=[judge_job.threads_back_when_done(threads)])
+    judge = judge_job.result()
     generated = stages.run("generate", R.generate_all, out / "generated", run / "pipeline", data, plan, seed)
     results = stages.run("evaluate", R.evaluate, out, data, judge["dir"], generated, run, plan)
     summary = {

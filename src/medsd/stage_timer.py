@@ -1,9 +1,11 @@
 """Timed pipeline stages, one of which may run in a second process beside the others.
 
-Why a second process: on a 2-core CPU, two one-thread jobs side by side get through about 1.7 times the work
-of one job given both threads (the demo's text-to-image stage: 1,160 steps at one thread beside another job
-against 1,370 alone at two). A small model such as the phantom judge trains at one thread anyway, so running it
-beside the autoencoder frees its minutes for the text-to-image model, which is what more steps improve.
+Why a second process: a small model such as the phantom judge trains at one thread (a second thread barely
+speeds it up), and so does the demo's text-to-image U-Net nearly (1,160 steps in 10 minutes at one thread
+beside another job, 1,370 alone at two). Side by side at one thread each, the judge's minutes go to the
+text-to-image stage, which takes the second thread back once the judge is done (`threads_back_when_done`).
+The autoencoder is not a good neighbour: its convolutions use a second thread well (384 steps in 3 minutes
+beside the judge against about 600 alone).
 """
 
 from __future__ import annotations
@@ -52,6 +54,23 @@ class BesideJob:
     def __init__(self, timer: StageTimer, name: str, pending: Any) -> None:
         self._timer, self.name, self._pending, self._done = timer, name, pending, False
         self._result: Any = None
+
+    def ready(self) -> bool:
+        """Whether the stage has finished (without waiting for it)."""
+        return self._done or self._pending.ready()
+
+    def threads_back_when_done(self, threads: int) -> Callable[[int, float], None]:
+        """A training callback (`medsd.train.loop.train(callbacks=...)`): once this stage has finished, the
+        training process takes `threads` torch threads again (its core is free)."""
+
+        def callback(step: int, loss: float) -> None:
+            import torch
+
+            if torch.get_num_threads() < threads and self.ready():
+                log.info("stage %s finished: training goes on at %d threads from step %d", self.name, threads, step)
+                torch.set_num_threads(threads)
+
+        return callback
 
     def result(self) -> Any:
         if not self._done:

@@ -1,9 +1,9 @@
 """`run_adaptation_benchmark`: the benchmark's stages in order, each timed, each reused when already done.
 
 1. render the real phantom sets (judge, held-out, one pool per held-out finding);
-2. train the judge on every finding (or take `--judge DIR`, e.g. the demo's) and measure it on the held-out
-   images (its ceiling on real images);
-3. the base: `pretrain_text_model(exclude_findings=held_out)`, or `--base DIR` (checked not to have seen them);
+2. the base: `pretrain_text_model(exclude_findings=held_out)`, or `--base DIR` (checked not to have seen them);
+   beside it, in a second process, the judge trains on every finding (or take `--judge DIR`, e.g. the demo's);
+3. the judge measured on the held-out images (its ceiling on real images);
 4. DreamBooth's class images, drawn once by the base;
 5. the base's own row per held-out finding, then the grid: every (N, finding, method) run
    (`medsd.benchmark.runs`), with a progress line and an ETA after each; results.json is rewritten after
@@ -28,6 +28,7 @@ from medsd.benchmark.plan import AdaptationPlan
 from medsd.benchmark.runs import Context, adapt_and_measure, measure_base, run_name
 from medsd.errors import MedsdError
 from medsd.phantom.render import FINDINGS
+from medsd.stage_timer import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,6 @@ log = logging.getLogger(__name__)
 RUN_FIELDS = ("held_out", "run_minutes", "max_steps", "batch_size", "new_images", "base_images", "sample_steps",
               "guidance", "n_judge", "n_heldout", "n_pool", "judge_epochs", "class_images", "rehearsal_images",
               "example_share")
-
-
-class Stages:
-    """Times each stage and logs where the benchmark is."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        log.info("benchmark stage: %s", name)
-        started = time.perf_counter()
-        result = fn(*args, **kwargs)
-        self.seconds[name] = round(time.perf_counter() - started, 1)
-        log.info("benchmark stage %s done in %.0f s", name, self.seconds[name])
-        return result
 
 
 def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None = None, judge: Path | None = None,
@@ -66,11 +52,16 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     unknown = [f for f in plan.held_out if f not in FINDINGS]
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
-    stages = Stages()
+    stages = StageTimer()
     data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None,
                       rehearsal=plan.rehearsal_images if any(s.rehearsal for s in specs) else 0)
+    if judge is None and base is None and not (out / "judge" / "model.safetensors").is_file():
+        # The judge trains at one thread: beside the base's training it costs the benchmark no minutes.
+        with stages.beside("judge training", train_judge_model, data["judge"], out / "judge", plan, seed):
+            base_model = stages.run("base model", prepare_base, out, plan, base, seed)
+    else:
+        base_model = stages.run("base model", prepare_base, out, plan, base, seed)
     judged = stages.run("judge", train_judge, data, out / "judge", plan, seed, judge)
-    base_model = stages.run("base model", prepare_base, out, plan, base, seed)
     check_folder(out, plan, base_model, judge, seed)
     ctx = Context(out, plan, base_model, judged["model"], judged["heldout_features"], out / "class_images", seed)
     if any(s.family == "dreambooth" and s.method.get("with_prior_preservation") for s in specs):
@@ -89,17 +80,26 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     return summary
 
 
+def train_judge_model(images: Path, folder: Path, plan: AdaptationPlan, seed: int) -> Path:
+    """Train the phantom judge on every finding into `folder` (a module-level function: it runs in a second
+    process beside the base's training)."""
+    from medsd.phantom.judge import train_reference_classifier
+
+    train_reference_classifier(images, folder, epochs=plan.judge_epochs, input_size=plan.size, seed=seed)
+    return folder
+
+
 def train_judge(data: dict[str, Path], folder: Path, plan: AdaptationPlan, seed: int,
                 given: Path | None = None) -> dict[str, Any]:
     """The phantom judge on every finding (reused when present; `given`: a trained one), its measures on the
     held-out real images (in `folder`), and their features (the FID reference)."""
     from medsd.evaluate.features import extract_features, phantom_extractor
     from medsd.evaluate.io import load_image_folder
-    from medsd.phantom.judge import load_reference_classifier, train_reference_classifier
+    from medsd.phantom.judge import load_reference_classifier
     from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 
     if given is None and not (folder / "model.safetensors").is_file():
-        train_reference_classifier(data["judge"], folder, epochs=plan.judge_epochs, input_size=plan.size, seed=seed)
+        train_judge_model(data["judge"], folder, plan, seed)
     model = load_reference_classifier(given or folder)
     if set(model.findings) != set(FINDINGS) or model.input_size != plan.size:
         raise MedsdError(f"--judge {given}: it reads {model.findings} at {model.input_size} px; the benchmark needs "

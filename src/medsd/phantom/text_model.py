@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,10 @@ def _training(plan: TextModelPlan) -> dict[str, Any]:
             "checkpoints_total_limit": 1}
 
 
-def run_recipe(out: Path, name: str, recipe: dict[str, Any]) -> Path:
-    """Write OUT/configs/NAME.yaml and train it (resuming a partial run); a finished run is reused."""
+def run_recipe(out: Path, name: str, recipe: dict[str, Any], callbacks: Sequence[Callable[[int, float], None]] = (),
+               ) -> Path:
+    """Write OUT/configs/NAME.yaml and train it (resuming a partial run); a finished run is reused.
+    `callbacks(step, loss)` run after every optimizer step (`medsd.train.loop.train`)."""
     from medsd.config import load_run_config
     from medsd.train.loop import train
 
@@ -145,7 +148,7 @@ def run_recipe(out: Path, name: str, recipe: dict[str, Any]) -> Path:
     if done.is_file():
         log.info("reusing finished run %s", cfg.output_dir)
         return Path(cfg.output_dir)
-    result = train(cfg, resume="latest")
+    result = train(cfg, resume="latest", callbacks=callbacks)
     done.write_text(json.dumps({"step": result.step, "artefacts": result.artefacts,
                                 "images_per_second": result.images_per_second}))
     return Path(cfg.output_dir)
