@@ -49,11 +49,16 @@ def test_schedule_is_fitted_to_the_budget(tiny_model_dir, shapes, shared_cache, 
     # Not again before 25% of the budget (15 s) ...
     _fit_to_time(run, fit, 20, 12.0)
     assert run.max_steps == 114
-    # ... where a slower rate since step 1 (29 steps in 18 s) shortens it: 30 + int(0.98 * 29 / 18 * 40) = 93.
+    # ... where the slower rate since that fit (27 steps in 17 s) shortens it: 30 + int(0.98 * 27 / 17 * 40) = 92.
     _fit_to_time(run, fit, 30, 20.0)
-    assert run.max_steps == 93 and run.lr_scheduler.scheduler.lr_lambdas[0](93) == 0.0
-    # Never past the recipe's max_steps, however fast it gets (699 steps in 28 s: 700 + 734 > 1000).
-    _fit_to_time(run, fit, 700, 30.0 + 1e-9)
+    assert run.max_steps == 92 and run.lr_scheduler.scheduler.lr_lambdas[0](92) == 0.0
+    # The rate since the previous fit, not since the start: at 50% (30 s) the last 10 steps took 10 s, so
+    # 40 + int(0.98 * 1 * 30) = 69 (since the start it would be 39 steps in 28 s: 80).
+    _fit_to_time(run, fit, 40, 30.0)
+    assert run.max_steps == 69
+    # A run that speeds up part-way (660 steps in 15 s) is fitted to its new pace, though never past the recipe's
+    # max_steps.
+    _fit_to_time(run, fit, 700, 45.0 + 1e-9)
     assert run.max_steps == 1000
 
 

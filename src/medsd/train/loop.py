@@ -341,13 +341,15 @@ class _ScheduleFit:
     started: float  # perf_counter() when it started
     done: int = 0  # fits made so far (len(FIT_AT) = no more)
     warm: float | None = None  # perf_counter() when step first_step + 1 (the warm-up step) ended
+    last: tuple[int, float] | None = None  # (step, perf_counter()) of the latest fit
 
 
 def _fit_to_time(run: Run, fit: _ScheduleFit, step: int, now: float) -> None:
     """At 5%, 25%, 50% and 75% of `max_minutes`, set max_steps to what the measured rate fits in the rest.
 
-    The rate excludes the first step (model warm-up) and includes checkpoints and validation; refitting
-    corrects the first estimate when the machine gets busier or quieter. max_steps never exceeds the recipe's.
+    The rate is measured since the previous fit (the first: since the first step, model warm-up excluded) and
+    includes checkpoints and validation, so each refit follows the machine getting busier or quieter (a process
+    that takes a second thread back part-way). max_steps never exceeds the recipe's.
     With several processes, each reports every step whether it has reached the next fraction and what fits (one
     small gather, so no process waits on a collective the others skip); all take the smallest fit, so they agree.
     """
@@ -360,7 +362,8 @@ def _fit_to_time(run: Run, fit: _ScheduleFit, step: int, now: float) -> None:
     ready = step - fit.first_step >= 3 and elapsed >= FIT_AT[fit.done] * budget
     fits = fit.planned
     if ready:
-        rate = (step - fit.first_step - 1) / (now - fit.warm)
+        since_step, since = fit.last or (fit.first_step + 1, fit.warm)
+        rate = (step - since_step) / (now - since)
         fits = min(step + int(0.98 * rate * (budget - elapsed)), fit.planned)
     if accelerator.num_processes > 1:
         votes = accelerator.gather(torch.tensor([[int(ready), fits]], device=accelerator.device)).reshape(-1, 2)
@@ -369,7 +372,7 @@ def _fit_to_time(run: Run, fit: _ScheduleFit, step: int, now: float) -> None:
     if not ready:
         return
     fits = max(fits, step)
-    fit.done += 1
+    fit.done, fit.last = fit.done + 1, (step, now)
     if fits != run.max_steps:
         log.info("training.max_minutes=%s: %d steps fit in the budget; the LR schedule now ends there (was %d)",
                  tc.max_minutes, fits, run.max_steps)
