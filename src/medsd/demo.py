@@ -113,7 +113,7 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
                         T.report_reader_recipe(out, base, data["train"], m, FINDINGS))
     threads = torch.get_num_threads()
     # The judge, a small CNN at one thread, trains in a second process beside the text-to-image U-Net, which
-    # loses little at one thread and takes its second thread back when the judge is done (medsd.stage_timer).
+    # takes its second thread back when the judge is done (medsd.stage_timer): its minutes become U-Net steps.
     with stages.beside("judge", R.train_judge, data, out / "classifier", plan, seed) as judge_job:
         run = stages.run("train text_to_image", T.run_recipe, out, "text_to_image",
                          T.text_to_image_recipe(out, reader / "pipeline", data["train"], vae, m, FINDINGS),

@@ -1,11 +1,11 @@
 """Timed pipeline stages, one of which may run in a second process beside the others.
 
 Why a second process: a small model such as the phantom judge trains at one thread (a second thread barely
-speeds it up), and so does the demo's text-to-image U-Net nearly (1,160 steps in 10 minutes at one thread
-beside another job, 1,370 alone at two). Side by side at one thread each, the judge's minutes go to the
-text-to-image stage, which takes the second thread back once the judge is done (`threads_back_when_done`).
-The autoencoder is not a good neighbour: its convolutions use a second thread well (384 steps in 3 minutes
-beside the judge against about 600 alone).
+speeds it up), so on 2 cores it leaves one idle. Beside the demo's text-to-image stage, that stage runs at one
+thread while the judge trains (about two thirds of its two-thread speed: 31 against 45-50 images/s) and takes
+the second thread back when it is done (`threads_back_when_done`): the judge's 3 minutes become training
+minutes. A time-budgeted stage that ends before its neighbour is a worse match: beside the autoencoder (3
+minutes) the judge cost it a third of its steps and still outlasted it.
 """
 
 from __future__ import annotations
