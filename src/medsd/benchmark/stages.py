@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,10 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     stages = StageTimer()
     data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None,
                       rehearsal=plan.rehearsal_images if any(s.rehearsal for s in specs) else 0)
-    if judge is None and base is None and not (out / "judge" / "model.safetensors").is_file():
-        # The judge trains at one thread: beside the base's training it costs the benchmark no minutes.
-        with stages.beside("judge training", train_judge_model, data["judge"], out / "judge", plan, seed):
-            base_model = stages.run("base model", prepare_base, out, plan, base, seed)
-    else:
+    # The judge trains at one thread: beside the base's training it costs the benchmark no minutes.
+    judge_beside = judge is None and base is None and not (out / "judge" / "model.safetensors").is_file()
+    with (stages.beside("judge training", train_judge_model, data["judge"], out / "judge", plan, seed)
+          if judge_beside else nullcontext()):
         base_model = stages.run("base model", prepare_base, out, plan, base, seed)
     judged = stages.run("judge", train_judge, data, out / "judge", plan, seed, judge)
     check_folder(out, plan, base_model, judge, seed)
