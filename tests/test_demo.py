@@ -48,6 +48,15 @@ def test_demo_smoke_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixtu
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert {"fid", "faithfulness", "diversity", "memorization"} <= set(metrics)
     assert summary["fid_real_vs_real"] is not None and (out / "report" / "prompt_grid.png").is_file()
+    # Which findings the judge reads in single-finding prompts: one table per kind, rows summing to its images.
+    crossed = json.loads((out / "report" / "cross_reading.json").read_text())
+    assert crossed == summary["cross_reading"] and set(crossed) == set(faith)
+    report_single = judged[(judged["kind"] == "report") & (judged["n_asked"] <= 1)]
+    assert sum(row["n"] for row in crossed["report"].values()) == len(report_single)
+    assert "judged positive, by what a single-finding report prompt asks" in printed
+    assert (out / "report" / "cross_reading.png").is_file()
+    html = (out / "report" / "report.html").read_text()
+    assert 'alt="which findings the judge reads in images asked for one finding' in html
     # A second run reuses finished stages instead of redoing them.
     assert main(["-q", "demo", "--smoke", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())

@@ -133,6 +133,7 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
     many images each, so diversity within a prompt means something)."""
     from medsd.evaluate.io import load_image_folder
     from medsd.evaluate.suite import ReportInputs, build_report
+    from medsd.phantom.cross_reading import cross_reading, plot_cross_reading
     from medsd.phantom.judge import judge_images, load_reference_classifier
     from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 
@@ -146,6 +147,9 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
     judged.to_csv(report_dir / "judged.csv", index=False)
     faithfulness = faithfulness_report(judged, list(FINDINGS))
     (report_dir / "faithfulness.json").write_text(json.dumps(faithfulness, indent=2))
+    crossed = cross_reading(judged, list(FINDINGS))
+    (report_dir / "cross_reading.json").write_text(json.dumps(crossed, indent=2))
+    plot_cross_reading(crossed, list(FINDINGS), report_dir / "cross_reading.png")
     extras = _judge_extras(judge, judge_images, generated, size)
     baseline = real_vs_real_fid(data, classifier, size, plan.n_heldout)
     metrics = build_report(ReportInputs(
@@ -154,11 +158,14 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
         title="medsd demo: a text-to-image model trained from scratch on phantom reports",
         notes=[f"Generated set: the label prompts ({n_label} images). Real-vs-real baseline: phantom FID "
                f"between {plan.n_heldout} held-out and training images = {baseline:.2f}.",
-               "Finding, side and severity measures of every prompt kind: faithfulness.json beside this report."],
+               "Finding, side and severity measures of every prompt kind: faithfulness.json beside this report; "
+               "which findings the judge reads in images asked for one: cross_reading.png and .json."],
+        figures=[(report_dir / "cross_reading.png", "which findings the judge reads in images asked for one "
+                  "finding or none (share judged positive; rows: asked, columns: judged)")],
     ))
     write_grid(report_dir / "prompt_grid.png", generated, judged)
     return {
-        "faithfulness": faithfulness, **extras,
+        "faithfulness": faithfulness, "cross_reading": crossed, **extras,
         "fid_phantom": metrics.get("fid", {}).get("phantom", {}).get("fid"), "fid_real_vs_real": baseline,
         "diversity_ms_ssim": metrics.get("diversity", {}).get("ms_ssim_mean"),
         "memorized_share": metrics.get("memorization", {}).get("share_flagged"),
@@ -231,6 +238,12 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"  logs:          {summary['tensorboard']}",
              f"  try:           {summary['generate_example']}", ""]
     lines += format_faithfulness(summary["faithfulness"])
+    if summary.get("cross_reading", {}).get("report"):
+        from medsd.phantom.cross_reading import format_cross_reading
+
+        lines += format_cross_reading(summary["cross_reading"]["report"], list(FINDINGS),
+                                      "judged positive, by what a single-finding report prompt asks "
+                                      "(report/cross_reading.png has every kind)")
     lines += ["",
               f"  phantom FID (label prompts): {_fmt(summary.get('fid_phantom'))} "
               f"(real vs real: {_fmt(summary.get('fid_real_vs_real'))})",

@@ -51,6 +51,7 @@ class ReportInputs:
     ssim_threshold: float = 0.9
     title: str = "medsd evaluation report"
     notes: list[str] = field(default_factory=list)
+    figures: list[tuple[Path, str]] = field(default_factory=list)  # (PNG, caption) shown in their own section
 
 
 def _available_spaces(inputs: ReportInputs) -> list[str]:
@@ -239,6 +240,11 @@ def _other_sections(metrics: dict, inputs: ReportInputs) -> str:
         r = metrics["reader_study"]
         rows = [[k, v] for k, v in r.items() if not isinstance(v, dict)] + list(r.get("confusion", {}).items())
         out += rpt.section("Reader study", rpt.table(["measure", "value"], [list(x) for x in rows]))
+    if inputs.figures:
+        from PIL import Image
+
+        out += rpt.section("Figures", "".join(rpt.figure(Image.open(path).convert("RGB"), caption)
+                                              for path, caption in inputs.figures))
     return out
 
 
