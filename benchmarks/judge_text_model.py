@@ -23,7 +23,7 @@ from medsd.demo import DemoPlan
 from medsd.demo_stages import format_faithfulness, generate_test_prompts, judge_test_prompts
 from medsd.evaluate.io import load_image_folder
 from medsd.generate.loading import load_model
-from medsd.phantom.cross_reading import cross_reading, format_cross_reading, plot_cross_reading
+from medsd.phantom.cross_reading import format_cross_reading, write_cross_reading
 from medsd.phantom.judge import load_reference_classifier
 from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 from medsd.phantom.render import FINDINGS
@@ -55,9 +55,7 @@ def main() -> None:
     faith = faithfulness_report(judged, list(FINDINGS))
     (args.out / "faithfulness.json").write_text(json.dumps(faith, indent=2))
     print(f"model {args.model}, guidance {plan.model.guidance}, {plan.model.sample_steps} DDIM steps")
-    crossed = cross_reading(judged, list(FINDINGS))
-    (args.out / "cross_reading.json").write_text(json.dumps(crossed, indent=2))
-    plot_cross_reading(crossed, list(FINDINGS), args.out / "cross_reading.png")
+    crossed = write_cross_reading(judged, list(FINDINGS), args.out)
     print("\n".join(format_faithfulness(faith)))
     print("\n".join(format_cross_reading(crossed["report"], list(FINDINGS), "judged positive, by what a "
                                                                            "single-finding report prompt asks")))

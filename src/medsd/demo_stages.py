@@ -133,7 +133,7 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
     many images each, so diversity within a prompt means something)."""
     from medsd.evaluate.io import load_image_folder
     from medsd.evaluate.suite import ReportInputs, build_report
-    from medsd.phantom.cross_reading import cross_reading, plot_cross_reading
+    from medsd.phantom.cross_reading import write_cross_reading
     from medsd.phantom.judge import judge_images, load_reference_classifier
     from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 
@@ -147,9 +147,7 @@ def evaluate(out: Path, data: dict[str, Path], classifier: Path, generated: dict
     judged.to_csv(report_dir / "judged.csv", index=False)
     faithfulness = faithfulness_report(judged, list(FINDINGS))
     (report_dir / "faithfulness.json").write_text(json.dumps(faithfulness, indent=2))
-    crossed = cross_reading(judged, list(FINDINGS))
-    (report_dir / "cross_reading.json").write_text(json.dumps(crossed, indent=2))
-    plot_cross_reading(crossed, list(FINDINGS), report_dir / "cross_reading.png")
+    crossed = write_cross_reading(judged, list(FINDINGS), report_dir)
     extras = _judge_extras(judge, judge_images, generated, size)
     baseline = real_vs_real_fid(data, classifier, size, plan.n_heldout)
     metrics = build_report(ReportInputs(

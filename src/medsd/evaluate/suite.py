@@ -243,8 +243,11 @@ def _other_sections(metrics: dict, inputs: ReportInputs) -> str:
     if inputs.figures:
         from PIL import Image
 
-        out += rpt.section("Figures", "".join(rpt.figure(Image.open(path).convert("RGB"), caption)
-                                              for path, caption in inputs.figures))
+        shown = []
+        for path, caption in inputs.figures:
+            with Image.open(path) as image:
+                shown.append(rpt.figure(image.convert("RGB"), caption))
+        out += rpt.section("Figures", "".join(shown))
     return out
 
 

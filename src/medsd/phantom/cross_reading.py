@@ -42,6 +42,16 @@ def cross_reading(frame: pd.DataFrame, findings: list[str]) -> dict[str, dict[st
     return out
 
 
+def write_cross_reading(frame: pd.DataFrame, findings: list[str], folder: Path) -> dict[str, dict[str, Any]]:
+    """`cross_reading` of `frame`, written to FOLDER/cross_reading.json and drawn to FOLDER/cross_reading.png."""
+    import json
+
+    table = cross_reading(frame, findings)
+    (folder / "cross_reading.json").write_text(json.dumps(table, indent=2))
+    plot_cross_reading(table, findings, folder / "cross_reading.png")
+    return table
+
+
 def plot_cross_reading(table: dict[str, dict[str, Any]], findings: list[str], path: Path,
                        kinds: tuple[str, ...] = ("label", "report", "held_out", "real")) -> Path:
     """One heat map per prompt kind: rows what was asked, columns what the judge reads (share positive)."""
