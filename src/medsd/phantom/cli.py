@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--input-size", type=int, default=64, help="input resolution in pixels (default 64)")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--val-fraction", type=float, default=0.2, help="fraction of patients held out (default 0.2)")
+    c.add_argument("--autoencoder", type=Path, default=None,
+                   help="an AutoencoderKL (folder, autoencoder run or model folder): train also on the images' "
+                   "reconstructions, so the judge of a latent diffusion model's images does not read the "
+                   "autoencoder's traces as findings")
+    c.add_argument("--reconstruction-share", type=float, default=0.5,
+                   help="share of training draws that are reconstructions when --autoencoder is given (default 0.5)")
     c.set_defaults(func=run_phantom_classifier)
 
 
@@ -96,6 +102,12 @@ def run_phantom_classifier(args: argparse.Namespace) -> int:
             raise MedsdError(f"{name} must be at least 1, got {value}")
     if not 0 <= args.val_fraction < 1:
         raise MedsdError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0 <= args.reconstruction_share <= 1:
+        raise MedsdError(f"--reconstruction-share must be in [0, 1], got {args.reconstruction_share}")
+    if args.autoencoder is not None:  # before the images load and training starts
+        from medsd.train.class_conditional import load_vae
+
+        load_vae(args.autoencoder, "--autoencoder")
     output_dir(args.out, "--out")
     metrics = train_reference_classifier(
         args.data,
@@ -105,8 +117,10 @@ def run_phantom_classifier(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         seed=args.seed,
         val_fraction=args.val_fraction,
+        autoencoder=args.autoencoder,
+        reconstruction_share=args.reconstruction_share,
     )
-    keys = ("auc", "mean_auc", "side_accuracy", "severity_spearman", "n_val")
+    keys = ("auc", "auc_reconstructed", "mean_auc", "side_accuracy", "severity_spearman", "n_val")
     print(json.dumps({k: metrics.get(k) for k in keys}))
     print(f"saved classifier to {args.out}")
     return 0

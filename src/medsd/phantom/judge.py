@@ -264,8 +264,9 @@ def evaluate_heads(model: PhantomClassifier, images: Tensor, sides: Tensor, seve
 
 
 def _fit(model: PhantomClassifier, x: Tensor, y: Tensor, sides: Tensor, severity: Tensor, *, epochs: int,
-         batch_size: int, lr: float, seed: int) -> None:
-    """AdamW + one-cycle schedule, class-balanced BCE (+ side and severity losses), light augmentation."""
+         batch_size: int, lr: float, seed: int, x_alt: Tensor | None = None, alt_share: float = 0.0) -> None:
+    """AdamW + one-cycle schedule, class-balanced BCE (+ side and severity losses), light augmentation.
+    `x_alt`: another rendering of each image (same labels), used in place of it for `alt_share` of the draws."""
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -282,7 +283,11 @@ def _fit(model: PhantomClassifier, x: Tensor, y: Tensor, sides: Tensor, severity
             idx = order[i : i + batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            xb = _augment(x[idx].float() / 255, g).contiguous(memory_format=torch.channels_last)
+            xb = x[idx]
+            if x_alt is not None:
+                pick = torch.rand(len(idx), generator=g) < alt_share
+                xb = torch.where(pick[:, None, None, None], x_alt[idx], xb)
+            xb = _augment(xb.float() / 255, g).contiguous(memory_format=torch.channels_last)
             logits, side_logits, sev = model.read(xb)
             loss = loss_fn(logits, y[idx]) + head_loss(side_logits, sev, sides[idx], severity[idx])
             opt.zero_grad(set_to_none=True)
@@ -303,12 +308,17 @@ def train_reference_classifier(
     val_fraction: float = 0.2,
     lr: float = 3e-3,
     threads: int | None = 1,
+    autoencoder: str | Path | None = None,
+    reconstruction_share: float = 0.5,
 ) -> dict[str, Any]:
     """Train the reference classifier on a phantom set, hold out ``val_fraction`` of the *patients*, and
     write model.safetensors, config.json and metrics.json (per-finding AUC) into ``out_dir``.
 
     ``threads``: torch CPU threads while training. The model is small: on 2 shared cores one thread was
     3x faster than two (0.32 s vs 1.04 s per batch of 64, channels-last); None keeps torch's setting.
+    ``autoencoder``: an `AutoencoderKL` folder; `reconstruction_share` of the training draws are then the
+    image's reconstruction (`medsd.phantom.reconstruct`), so that the judge of a latent diffusion model's images
+    does not read the autoencoder's traces as findings, and metrics.json also holds the AUC on reconstructions.
     """
     t0 = time.time()
     torch.manual_seed(seed)
@@ -330,9 +340,16 @@ def train_reference_classifier(
     if threads:
         torch.set_num_threads(threads)
     try:
-        _fit(model, tr_x, tr_y, tr_side, tr_sev, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        recon = None
+        if autoencoder is not None:
+            from medsd.phantom.reconstruct import reconstruct_images
+
+            recon = reconstruct_images(autoencoder, images)
+        _fit(model, tr_x, tr_y, tr_side, tr_sev, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+             x_alt=None if recon is None else recon[~is_val], alt_share=reconstruction_share)
         auc = evaluate_auc(model, va_x, va_y) if len(va_x) else {}
         heads = evaluate_heads(model, va_x, sides[is_val], severity[is_val]) if len(va_x) else {}
+        recon_auc = evaluate_auc(model, recon[is_val], va_y) if recon is not None and len(va_x) else None
     finally:
         torch.set_num_threads(old_threads)
     model = model.to(memory_format=torch.contiguous_format)
@@ -353,6 +370,9 @@ def train_reference_classifier(
         "seconds": round(time.time() - t0, 1),
         "positives_val": {n: int(va_y[:, j].sum()) for j, n in enumerate(PHANTOM_FINDINGS)},
     }
+    if recon_auc is not None:
+        metrics.update(autoencoder=str(autoencoder), reconstruction_share=reconstruction_share,
+                       auc_reconstructed=recon_auc)
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("phantom classifier: per-finding AUC %s", {k: round(v, 3) for k, v in auc.items()})
     return metrics

@@ -196,15 +196,16 @@ class ClassConditional(Method):
         return {"model": str(target)}
 
 
-def load_vae(path: str | Path) -> torch.nn.Module:
-    """An AutoencoderKL from a folder, an `autoencoder` run's OUT (its vae/), or a model folder (its vae/)."""
+def load_vae(path: str | Path, what: str = "method.vae") -> torch.nn.Module:
+    """An AutoencoderKL from a folder, an `autoencoder` run's OUT (its vae/), or a model folder (its vae/);
+    `what` names the setting in the error message."""
     from diffusers import AutoencoderKL
 
     folder = Path(path).expanduser()
     for candidate in (folder, folder / "vae", folder / "model" / "vae"):
         if (candidate / "config.json").is_file():
             return AutoencoderKL.from_pretrained(candidate)
-    raise MedsdError(f"method.vae={str(path)!r} holds no AutoencoderKL (config.json in it or in its vae/); "
+    raise MedsdError(f"{what}={str(path)!r} holds no AutoencoderKL (config.json in it or in its vae/); "
                      "train one with the `autoencoder` method and pass its output folder")
 
 
