@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +59,17 @@ def test_demo_smoke_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (out / "report" / "cross_reading.png").is_file()
     html = (out / "report" / "report.html").read_text()
     assert 'alt="which findings the judge reads in images asked for one finding' in html
+    # The judge learned from the training images and from their reconstructions by the demo's autoencoder.
+    judge = json.loads((out / "classifier" / "metrics.json").read_text())
+    assert judge["autoencoder"] == str(out / "runs" / "autoencoder") and set(judge["auc_reconstructed"]) == FINDINGS
+    # The benchmark script re-reads the demo's images with a judge and finds what the demo found.
+    script = Path(__file__).parents[1] / "benchmarks" / "judge_text_model.py"
+    rejudged = tmp_path / "rejudged"
+    subprocess.run([sys.executable, str(script), "--generated", str(out / "generated"), "--judge",
+                    str(out / "classifier"), "--out", str(rejudged)], check=True, capture_output=True)
+    again_judged = pd.read_csv(rejudged / "judged.csv")
+    generated = judged[judged["kind"] != "real"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again_judged, generated, check_dtype=False)
     # A second run reuses finished stages instead of redoing them.
     assert main(["-q", "demo", "--smoke", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())

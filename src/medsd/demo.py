@@ -114,7 +114,9 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
     threads = torch.get_num_threads()
     # The judge, a small CNN at one thread, trains in a second process beside the text-to-image U-Net, which
     # takes its second thread back when the judge is done (medsd.stage_timer): its minutes become U-Net steps.
-    with stages.beside("judge", R.train_judge, data, out / "classifier", plan, seed) as judge_job:
+    # It learns from the training images and from their reconstructions by the demo's autoencoder, so that it
+    # does not read the decoder's traces, present in every generated image, as findings.
+    with stages.beside("judge", R.train_judge, data, out / "classifier", plan, seed, vae) as judge_job:
         run = stages.run("train text_to_image", T.run_recipe, out, "text_to_image",
                          T.text_to_image_recipe(out, reader / "pipeline", data["train"], vae, m, FINDINGS),
                          callbacks=[judge_job.threads_back_when_done(threads)])

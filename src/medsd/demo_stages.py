@@ -20,15 +20,19 @@ log = logging.getLogger(__name__)
 KINDS = ("label", "report", "held_out", "example")
 
 
-def train_judge(data: dict[str, Path], out: Path, plan: Any, seed: int) -> dict[str, Any]:
-    """Train the judge on the training set (reused when present) and measure it on the held-out set."""
+def train_judge(data: dict[str, Path], out: Path, plan: Any, seed: int, autoencoder: Path) -> dict[str, Any]:
+    """Train the judge on the training set and on its reconstructions by the demo's autoencoder (reused when
+    present) and measure it on the held-out set."""
     from medsd.evaluate.io import load_image_folder
     from medsd.phantom.judge import load_reference_classifier, train_reference_classifier
     from medsd.phantom.prompt_faithfulness import faithfulness_report, judged_frame, real_cases
 
-    if not ((out / "metrics.json").is_file() and (out / "model.safetensors").is_file()):
+    metrics = out / "metrics.json"
+    trained = metrics.is_file() and (out / "model.safetensors").is_file()
+    if not (trained and json.loads(metrics.read_text()).get("autoencoder") == str(autoencoder)):
+        (out / "heldout_metrics.json").unlink(missing_ok=True)
         train_reference_classifier(data["train"], out, epochs=plan.classifier_epochs, input_size=plan.model.size,
-                                   seed=seed)
+                                   seed=seed, autoencoder=autoencoder)
     held_out = out / "heldout_metrics.json"
     if not held_out.is_file():
         model = load_reference_classifier(out)
