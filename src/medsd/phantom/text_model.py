@@ -49,7 +49,7 @@ class TextModelPlan:
     reader_steps: int = 600
     diffusion_minutes: float = 10.0
     diffusion_steps: int = 30000
-    learning_rate: float = 2e-3  # the U-Net's; 1e-3 learned side and severity more slowly (README)
+    learning_rate: float = 4e-3  # the U-Net's; 1e-3 and 2e-3 learned side and severity more slowly (README)
     text_encoder_learning_rate: float = 1e-4  # lower, so the U-Net's early noise does not erase what the reader learned
     reader_learning_rate: float = 1e-3
     label_share: float = 0.3  # images trained with their label prompt instead of their report
