@@ -25,19 +25,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     args = parser.parse_args()
 
-    from diffusers import AutoencoderKL
-
     from medsd.evaluate.io import labels_for, load_image_folder
     from medsd.phantom.judge import gaussian_blur, load_reference_classifier
+    from medsd.phantom.reconstruct import reconstruct_images
 
-    vae = AutoencoderKL.from_pretrained(args.vae).eval()
     classifier = load_reference_classifier(args.classifier).eval()
     images, frame = load_image_folder(args.data, args.size)
     labels = labels_for(frame, classifier.findings)
+    recon = reconstruct_images(args.vae, images)
     with torch.no_grad():
-        pixels = images.expand(-1, 3, -1, -1) * 2 - 1
-        recon = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in pixels.split(50)])
-        recon = ((recon.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
         blurred = gaussian_blur(images, torch.full((len(images),), args.size / 64))
         scores = {name: classifier(x).sigmoid().numpy()
                   for name, x in (("real", images), ("blurred", blurred), ("reconstructed", recon))}

@@ -27,6 +27,9 @@ def test_reconstructions_are_uint8_images_of_the_same_shape_and_deterministic(ti
     assert recon.dtype == torch.uint8 and recon.shape == images.shape
     assert not torch.equal(recon, images)  # a random autoencoder does not give the image back
     assert torch.equal(recon, reconstruct_images(tiny_model_dir / "vae", images))
+    as_float = reconstruct_images(tiny_model_dir, images.float() / 255)  # float in, float out, same pictures
+    assert as_float.dtype == torch.float32 and 0 <= as_float.min() and as_float.max() <= 1
+    assert (as_float * 255 - recon.float()).abs().max() <= 0.5 + 1e-3
 
 
 def test_training_draws_reconstructions_in_their_share(monkeypatch: pytest.MonkeyPatch) -> None:
