@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,15 +62,21 @@ def test_judge_trained_on_reconstructions_reports_their_auc(tiny_model_dir: Path
     assert "auc_reconstructed" not in plain and "autoencoder" not in plain
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--reconstruction-share", "1.5"], "--reconstruction-share must be in [0, 1], got 1.5"),
-    (["--autoencoder", "{tmp}/no_such_vae"], "--autoencoder="),
+@pytest.mark.parametrize(("extra", "messages"), [
+    (["--reconstruction-share", "1.5"], ["--reconstruction-share must be in [0, 1], got 1.5"]),
+    (["--autoencoder", "{tmp}/no_such_vae"], ["--autoencoder=", "holds no AutoencoderKL"]),
+    (["--autoencoder", "{tmp}/truncated_vae"],
+     ["--autoencoder=", "cannot be loaded (OSError); train it again or pass another folder"]),
 ])
-def test_classifier_option_errors_exit_2(extra: list[str], message: str, phantom_set: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_classifier_option_errors_exit_2(extra: list[str], messages: list[str], phantom_set: Path, tmp_path: Path,
+                                         tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truncated = tmp_path / "truncated_vae"
+    shutil.copytree(tiny_model_dir / "vae", truncated)
+    for weights in truncated.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:1000])
     args = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     code = main(["data", "phantom-classifier", "--data", str(phantom_set), "--out", str(tmp_path / "clf"),
                  "--epochs", "1", "--input-size", "32", *args])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and all(m in err for m in messages) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "clf" / "model.safetensors").exists()

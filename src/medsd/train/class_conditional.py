@@ -204,7 +204,11 @@ def load_vae(path: str | Path, what: str = "method.vae") -> torch.nn.Module:
     folder = Path(path).expanduser()
     for candidate in (folder, folder / "vae", folder / "model" / "vae"):
         if (candidate / "config.json").is_file():
-            return AutoencoderKL.from_pretrained(candidate)
+            try:
+                return AutoencoderKL.from_pretrained(candidate)
+            except (OSError, ValueError) as err:  # truncated weights, a config that is not an AutoencoderKL's
+                raise MedsdError(f"{what}={str(path)!r}: the AutoencoderKL in {candidate} cannot be loaded "
+                                 f"({type(err).__name__}); train it again or pass another folder") from err
     raise MedsdError(f"{what}={str(path)!r} holds no AutoencoderKL (config.json in it or in its vae/); "
                      "train one with the `autoencoder` method and pass its output folder")
 
