@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from medsd.errors import MedsdError
+
 log = logging.getLogger(__name__)
 
 Encoder = Callable[[list[str]], torch.Tensor]
@@ -91,9 +93,23 @@ def set_trainable(module: torch.nn.Module, trains: bool, weight_dtype: torch.dty
     cast(module, torch.float32 if trains else weight_dtype)
 
 
-def fresh_unet(unet: Any, latent_channels: int) -> Any:
-    """A randomly initialised U-Net of `unet`'s architecture that reads and writes `latent_channels` channels."""
+def fresh_unet(unet: Any, latent_channels: int, changes: dict[str, Any] | None = None) -> Any:
+    """A randomly initialised U-Net of `unet`'s architecture that reads and writes `latent_channels` channels,
+    with `changes` (`method.unet_config`) applied to its config."""
+    import inspect
+
     from diffusers import UNet2DConditionModel
 
-    config = {**unet.config, "in_channels": latent_channels, "out_channels": latent_channels}
-    return UNet2DConditionModel.from_config(config)
+    changes = dict(changes or {})
+    # from_config drops unknown keys with a warning only; a misspelt setting would train the default silently.
+    known = set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise MedsdError(f"method.unet_config: {', '.join(unknown)} is not a UNet2DConditionModel setting; use "
+                         "keys of its config.json (e.g. resnet_time_scale_shift, addition_embed_type)")
+    config = {**unet.config, **changes, "in_channels": latent_channels, "out_channels": latent_channels}
+    try:
+        return UNet2DConditionModel.from_config(config)
+    except (ValueError, TypeError, KeyError) as err:
+        raise MedsdError(f"method.unet_config {changes} does not build a U-Net: {str(err).splitlines()[0]}; fix "
+                         "or remove those settings") from None

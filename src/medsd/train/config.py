@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -168,6 +168,19 @@ class FullMethod(StrictModel):
         None, description="AutoencoderKL folder (an `autoencoder` run's OUT) that replaces the model's VAE; it is "
         "saved in the pipeline. None: the model's VAE.",
     )
+    unet_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="With init: scratch, UNet2DConditionModel settings that differ from the model's U-Net, e.g. "
+        "resnet_time_scale_shift: scale_shift (AdaGN) or addition_embed_type: text (the pooled prompt added to "
+        "the timestep embedding); the saved pipeline still loads in plain diffusers.",
+    )
+
+    @model_validator(mode="after")
+    def _unet_config_needs_scratch(self) -> FullMethod:
+        if self.unet_config and self.init != "scratch":
+            raise ValueError("unet_config changes the U-Net's architecture, so the pretrained weights would not "
+                             "fit; set init: scratch or remove unet_config")
+        return self
 
 
 # The other methods keep their settings in method_configs.py; a recipe's `method:` is any one of them.

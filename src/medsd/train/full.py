@@ -37,7 +37,7 @@ class FullFineTune(Method):
         if getattr(self.cfg, "vae", None):
             c.vae = load_vae(self.cfg.vae).to(device)
         if getattr(self.cfg, "init", "pretrained") == "scratch":
-            c.unet = fresh_unet(c.unet, c.vae.config.latent_channels).to(device)
+            c.unet = fresh_unet(c.unet, c.vae.config.latent_channels, getattr(self.cfg, "unet_config", None)).to(device)
         c.vae.requires_grad_(False)
         c.vae.to(dtype=weight_dtype)
         c.unet.requires_grad_(True)
