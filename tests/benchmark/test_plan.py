@@ -55,3 +55,12 @@ def test_a_base_that_saw_a_held_out_finding_is_refused(tmp_path: Path) -> None:
         prepare_base(tmp_path, plan, seen, 0)
     with pytest.raises(MedsdError, match="model_index.json"):
         prepare_base(tmp_path, plan, tmp_path / "nothing", 0)
+
+
+def test_a_base_that_never_saw_a_finding_the_benchmark_keeps_is_refused(tmp_path: Path) -> None:
+    # The default base left out Pneumothorax and Lung Lesion; holding out Lung Lesion alone would measure
+    # forgetting on a Pneumothorax the base never drew.
+    base = _fake_base(tmp_path / "base", ["Cardiomegaly", "Consolidation", "Pleural Effusion"])
+    with pytest.raises(MedsdError, match="never saw Pneumothorax, which --findings does not hold out.*"
+                                         "--findings 'Lung Lesion' 'Pneumothorax'"):
+        prepare_base(tmp_path, replace(AdaptationPlan(), held_out=("Lung Lesion",)), base, 0)

@@ -133,6 +133,13 @@ def prepare_base(out: Path, plan: AdaptationPlan, base: Path | None, seed: int) 
     elif set(seen) & set(plan.held_out):
         raise MedsdError(f"--base {base} was trained on {sorted(set(seen) & set(plan.held_out))}, which this "
                          "benchmark holds out; pass a base trained without them or hold out other findings")
+    never_learnt = [f for f in FINDINGS if seen is not None and f not in seen and f not in plan.held_out]
+    if never_learnt:
+        # They would count as base findings: "forgetting" measured on what the base never knew, and the
+        # rehearsal images would teach them.
+        raise MedsdError(f"--base {base} never saw {', '.join(never_learnt)}, which --findings does not hold out; "
+                         f"hold it out too (--findings {' '.join(repr(f) for f in [*plan.held_out, *never_learnt])}) "
+                         "or pass a base trained on it")
     return pipeline.resolve()
 
 
