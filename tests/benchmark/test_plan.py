@@ -11,7 +11,7 @@ import yaml
 
 from medsd.benchmark.methods import METHODS
 from medsd.benchmark.plan import QUICK_METHODS, AdaptationPlan
-from medsd.benchmark.stages import prepare_base
+from medsd.benchmark.stages import prepare_base, run_adaptation_benchmark
 from medsd.errors import MedsdError
 
 
@@ -64,3 +64,8 @@ def test_a_base_that_never_saw_a_finding_the_benchmark_keeps_is_refused(tmp_path
     with pytest.raises(MedsdError, match="never saw Pneumothorax, which --findings does not hold out.*"
                                          "--findings 'Lung Lesion' 'Pneumothorax'"):
         prepare_base(tmp_path, replace(AdaptationPlan(), held_out=("Lung Lesion",)), base, 0)
+    # The whole benchmark says so before rendering any set.
+    with pytest.raises(MedsdError, match="never saw Pneumothorax"):
+        run_adaptation_benchmark(tmp_path / "out", replace(AdaptationPlan.smoke(), held_out=("Lung Lesion",)),
+                                 base=base)
+    assert not (tmp_path / "out" / "data").exists()

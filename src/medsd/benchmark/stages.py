@@ -53,6 +53,8 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     unknown = [f for f in plan.held_out if f not in FINDINGS]
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
+    if base is not None:
+        check_base(Path(base), plan)  # before any set is rendered
     stages = StageTimer()
     data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None,
                       rehearsal=plan.rehearsal_images if any(s.rehearsal for s in specs) else 0)
@@ -120,7 +122,12 @@ def prepare_base(out: Path, plan: AdaptationPlan, base: Path | None, seed: int) 
 
     if base is None:
         return pretrain_text_model(out / "base", exclude_findings=list(plan.held_out), plan=plan.base, seed=seed)
-    base = Path(base)
+    return check_base(Path(base), plan)
+
+
+def check_base(base: Path, plan: AdaptationPlan) -> Path:
+    """The pipeline folder of a `--base` to reuse, refused when it saw a held-out finding or never saw a finding
+    the benchmark keeps."""
     pipeline = base if (base / "model_index.json").is_file() else base / "runs" / "text_to_image" / "pipeline"
     if not (pipeline / "model_index.json").is_file():
         raise MedsdError(f"--base {base}: no diffusers pipeline there (model_index.json) nor in "
