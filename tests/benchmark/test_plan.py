@@ -11,7 +11,7 @@ import yaml
 
 from medsd.benchmark.methods import METHODS
 from medsd.benchmark.plan import QUICK_METHODS, AdaptationPlan
-from medsd.benchmark.stages import prepare_base, run_adaptation_benchmark
+from medsd.benchmark.stages import check_base, run_adaptation_benchmark
 from medsd.errors import MedsdError
 
 
@@ -49,12 +49,12 @@ def _fake_base(root: Path, findings: list[str]) -> Path:
 def test_a_base_that_saw_a_held_out_finding_is_refused(tmp_path: Path) -> None:
     plan = AdaptationPlan()
     clean = _fake_base(tmp_path / "clean", ["Cardiomegaly", "Consolidation", "Pleural Effusion"])
-    assert prepare_base(tmp_path, plan, clean, 0) == (clean / "runs" / "text_to_image" / "pipeline").resolve()
+    assert check_base(clean, plan) == (clean / "runs" / "text_to_image" / "pipeline").resolve()
     seen = _fake_base(tmp_path / "seen", ["Cardiomegaly", "Pneumothorax"])
     with pytest.raises(MedsdError, match="Pneumothorax"):
-        prepare_base(tmp_path, plan, seen, 0)
+        check_base(seen, plan)
     with pytest.raises(MedsdError, match="model_index.json"):
-        prepare_base(tmp_path, plan, tmp_path / "nothing", 0)
+        check_base(tmp_path / "nothing", plan)
 
 
 def test_a_base_that_never_saw_a_finding_the_benchmark_keeps_is_refused(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_a_base_that_never_saw_a_finding_the_benchmark_keeps_is_refused(tmp_path
     base = _fake_base(tmp_path / "base", ["Cardiomegaly", "Consolidation", "Pleural Effusion"])
     with pytest.raises(MedsdError, match="never saw Pneumothorax, which --findings does not hold out.*"
                                          "--findings 'Lung Lesion' 'Pneumothorax'"):
-        prepare_base(tmp_path, replace(AdaptationPlan(), held_out=("Lung Lesion",)), base, 0)
+        check_base(base, replace(AdaptationPlan(), held_out=("Lung Lesion",)))
     # The whole benchmark says so before rendering any set.
     with pytest.raises(MedsdError, match="never saw Pneumothorax"):
         run_adaptation_benchmark(tmp_path / "out", replace(AdaptationPlan.smoke(), held_out=("Lung Lesion",)),

@@ -54,7 +54,7 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
     if base is not None:
-        check_base(Path(base), plan)  # before any set is rendered
+        base = check_base(Path(base), plan)  # before any set is rendered
     stages = StageTimer()
     data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None,
                       rehearsal=plan.rehearsal_images if any(s.rehearsal for s in specs) else 0)
@@ -117,12 +117,12 @@ def train_judge(data: dict[str, Path], folder: Path, plan: AdaptationPlan, seed:
 
 
 def prepare_base(out: Path, plan: AdaptationPlan, base: Path | None, seed: int) -> Path:
-    """The base pipeline folder: `base` (a pipeline folder or a `pretrain_text_model` output), else trained."""
+    """The base pipeline folder: `base` (the pipeline `check_base` accepted), else trained."""
     from medsd.phantom.text_model import pretrain_text_model
 
     if base is None:
         return pretrain_text_model(out / "base", exclude_findings=list(plan.held_out), plan=plan.base, seed=seed)
-    return check_base(Path(base), plan)
+    return base
 
 
 def check_base(base: Path, plan: AdaptationPlan) -> Path:
@@ -137,10 +137,11 @@ def check_base(base: Path, plan: AdaptationPlan) -> Path:
     if seen is None:
         log.warning("--base %s: cannot tell which findings its training data held; the benchmark assumes it never "
                     "saw %s", base, ", ".join(plan.held_out))
-    elif set(seen) & set(plan.held_out):
+        return pipeline.resolve()
+    if set(seen) & set(plan.held_out):
         raise MedsdError(f"--base {base} was trained on {sorted(set(seen) & set(plan.held_out))}, which this "
                          "benchmark holds out; pass a base trained without them or hold out other findings")
-    never_learnt = [f for f in FINDINGS if seen is not None and f not in seen and f not in plan.held_out]
+    never_learnt = [f for f in FINDINGS if f not in seen and f not in plan.held_out]
     if never_learnt:
         # They would count as base findings: "forgetting" measured on what the base never knew, and the
         # rehearsal images would teach them.
