@@ -38,6 +38,12 @@ def test_scratch_unet_with_other_settings_trains_and_loads_in_diffusers(tiny_mod
                  generator=torch.Generator().manual_seed(0), output_type="np").images
     assert image.shape == (1, 32, 32, 3)
 
+    # A longer run resumes from the last checkpoint into the same architecture.
+    cfg.training.max_steps = 3
+    resumed = train(cfg, shapes, resume="latest")
+    assert sorted(resumed.losses) == [3]  # only the step after the checkpoint at 2
+    assert resumed.method.components.unet.config.resnet_time_scale_shift == "scale_shift"
+
 
 def test_misspelt_unet_setting_is_refused_before_training(tiny_model_dir, shapes, tmp_path, recipe):
     out = tmp_path / "full"
