@@ -21,7 +21,8 @@ REQUIRED = ("method", "setting", "n_examples", "new_finding_auc", "retained_auc"
 
 
 def _plan() -> AdaptationPlan:
-    return replace(AdaptationPlan.smoke(), held_out=("Pneumothorax",), methods=METHODS)
+    # Both default findings held out, Pneumothorax adapted to: Lung Lesion's runs are another call's.
+    return replace(AdaptationPlan.smoke(), adapt=("Pneumothorax",), methods=METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,10 @@ def test_rows_for_the_base_and_every_method(bench: tuple[Path, dict]) -> None:
 def test_the_base_never_saw_the_held_out_finding(bench: tuple[Path, dict]) -> None:
     out, summary = bench
     manifest = json.loads((out / "base" / "data" / "phantom_train" / "phantom.json").read_text())
-    assert "Pneumothorax" not in manifest["findings"] and "Cardiomegaly" in manifest["findings"]
+    assert {"Pneumothorax", "Lung Lesion"}.isdisjoint(manifest["findings"]) and "Cardiomegaly" in manifest["findings"]
+    # Only the adapted finding's pool is rendered.
+    assert (out / "data" / "phantom_pool_pneumothorax").is_dir()
+    assert not (out / "data" / "phantom_pool_lung_lesion").exists()
     assert summary["base_model"] == str(out / "base" / "runs" / "text_to_image" / "pipeline")
 
 
@@ -82,8 +86,8 @@ def test_report_table_and_verdict(bench: tuple[Path, dict]) -> None:
     assert page.count("<img") >= 2 + 1 + len(METHODS)  # two plots, base and method grids
     table = (out / "table.md").read_text()
     assert table.startswith("| method | setting | new AUC N=2 |") and "`lora`" in table and "Target" in table
-    # 2 label + 2 report images ask for the new finding; 1 + 1 for no finding and each of the 4 base findings
-    assert "(4 images asked for it against 10 others)" in table and "Sampling error" in page
+    # 2 label + 2 report images ask for the new finding; 1 + 1 for no finding and each of the 3 base findings
+    assert "(4 images asked for it against 8 others)" in table and "Sampling error" in page
     assert summary["target"]["met_by"] == [] or set(summary["target"]["met_by"]) <= set(METHODS)
     assert set(summary["seconds"]) >= {"phantom sets", "judge", "base model", "adaptation grid"}
 
@@ -123,6 +127,13 @@ def test_a_base_and_a_judge_are_reused_from_another_folder(bench: tuple[Path, di
     # The same base, judge, prompts and seeds: the base's row is measured again to the same numbers.
     first_base = json.loads((first / "results.json").read_text())[0]
     assert rows[0]["new_finding_auc"] == pytest.approx(first_base["new_finding_auc"])
+    # The other held-out finding on the same base, in the same folder; one not held out is refused.
+    run_adaptation_benchmark(out, replace(_plan(), adapt=("Lung Lesion",), methods=()), base=first / "base",
+                             judge=first / "judge")
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["method_id"], r["finding"]) for r in rows] == [("base", "Lung Lesion")]
+    with pytest.raises(MedsdError, match="--adapt Cardiomegaly: not held out"):
+        run_adaptation_benchmark(out, replace(_plan(), adapt=("Cardiomegaly",)), base=first / "base")
 
 
 def test_cli_rejects_an_unknown_method_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -143,7 +154,7 @@ def test_cli_rejects_a_malformed_learning_rate_in_one_line(tmp_path: Path, capsy
     assert len(err) == 1 and "ID=RATE" in err[0]
 
 
-def test_cli_rehearsal_options_reach_the_plan_and_bad_values_are_refused(
+def test_cli_rehearsal_and_adapt_options_reach_the_plan_and_bad_values_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from medsd.benchmark import stages
     from medsd.cli import main
@@ -163,8 +174,9 @@ def test_cli_rehearsal_options_reach_the_plan_and_bad_values_are_refused(
 
     monkeypatch.setattr(stages, "run_adaptation_benchmark", record)
     assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "7", "--example-share", "0.33",
-                 "--out", str(tmp_path)]) == 0
+                 "--adapt", "Lung Lesion", "--out", str(tmp_path)]) == 0
     assert seen[0].rehearsal_images == 7 and seen[0].example_share == 0.33
+    assert seen[0].held_out == ("Pneumothorax", "Lung Lesion") and seen[0].adapted == ("Lung Lesion",)
 
 
 @pytest.mark.slow

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, every stage in a few minutes (tests)")
     p.add_argument("--findings", nargs="+", default=None, metavar="FINDING",
                    help=f"held-out findings (default: {', '.join(DEFAULT_HELD_OUT)})")
+    p.add_argument("--adapt", nargs="+", default=None, metavar="FINDING",
+                   help="adapt to only these of the held-out findings (default: each); the base still never "
+                   "sees any of --findings, and a later call without --adapt reuses these runs and adds the others")
     p.add_argument("--n", nargs="+", type=int, default=None, metavar="N",
                    help="training images per run (default: 5 25 100)")
     p.add_argument("--methods", nargs="+", default=None, metavar="ID", help=f"method ids: {', '.join(METHODS)}")
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
+                             adapt=tuple(args.adapt) if args.adapt else None,
                              n_examples=tuple(args.n) if args.n else None,
                              methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes,
                              learning_rates=_learning_rates(args.learning_rate),

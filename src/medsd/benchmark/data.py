@@ -43,7 +43,7 @@ def render_sets(root: Path, plan: AdaptationPlan, seed: int, judge_set: bool = T
     if rehearsal:
         sets["rehearsal"] = render_training_set(root / "phantom_rehearsal", rehearsal, plan.size,
                                                 seed + SEED_OFFSETS["rehearsal"], plan.base_findings)
-    for finding in plan.held_out:
+    for finding in plan.adapted:
         sets[pool_name(finding)] = render_training_set(root / f"phantom_{pool_name(finding)}", plan.n_pool, plan.size,
                                                        seed + 10 + FINDINGS.index(finding), [finding])
     return sets

@@ -23,6 +23,9 @@ class AdaptationPlan:
     """Sizes and budgets of one adaptation benchmark run (defaults: the full grid)."""
 
     held_out: tuple[str, ...] = DEFAULT_HELD_OUT  # findings the base never sees, each adapted to in turn
+    # The held-out findings this call adapts to (None: all of them): one finding's runs without the other's,
+    # on the same base (which still never saw any held-out finding).
+    adapt: tuple[str, ...] | None = None
     n_examples: tuple[int, ...] = (5, 25, 100)  # training images of the new finding per adaptation run
     methods: tuple[str, ...] | None = None  # method ids of `medsd.benchmark.methods.METHODS`; None: all of them
     learning_rates: tuple[tuple[str, float], ...] = ()  # (method id, rate): runs of that method at another rate
@@ -57,6 +60,11 @@ class AdaptationPlan:
     def base_findings(self) -> list[str]:
         """The findings the base learns (every phantom finding but the held-out ones), in the phantom's order."""
         return [f for f in FINDINGS if f not in self.held_out]
+
+    @property
+    def adapted(self) -> tuple[str, ...]:
+        """The held-out findings adapted to in this call, in the order given."""
+        return self.adapt or self.held_out
 
     @property
     def new_finding_images(self) -> int:

@@ -53,6 +53,10 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     unknown = [f for f in plan.held_out if f not in FINDINGS]
     if unknown or not plan.held_out:
         raise MedsdError(f"--findings: {unknown or 'none given'}; hold out one or more of {', '.join(FINDINGS)}")
+    stray = [f for f in plan.adapted if f not in plan.held_out]
+    if stray:
+        raise MedsdError(f"--adapt {', '.join(stray)}: not held out; adapt to one or more of --findings "
+                         f"({', '.join(plan.held_out)})")
     if base is not None:
         base = check_base(Path(base), plan)  # before any set is rendered
     stages = StageTimer()
@@ -71,6 +75,7 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     rows = stages.run("adaptation grid", run_grid, ctx, data, specs)
     summary = {
         "out": str(out), "plan": asdict(plan), "images_per_run": plan.images_per_run,
+        "findings": sorted({row["finding"] for row in rows}),
         "new_finding_images": plan.new_finding_images, "other_images": plan.other_images, "base_model": str(base_model),
         "seed": seed,
         "judge": str(judge or out / "judge"), "seconds": stages.seconds, "judge_on_real_images": judged["metrics"],
@@ -198,8 +203,8 @@ def run_grid(ctx: Context, data: dict[str, Path], specs: list) -> list[dict[str,
     from medsd.benchmark.report import write_results
 
     plan, named = ctx.plan, ctx.plan.base_findings
-    rows = [measure_base(ctx, finding, named) for finding in plan.held_out]
-    cells = [(n, finding, spec) for n in plan.n_examples for finding in plan.held_out for spec in specs]
+    rows = [measure_base(ctx, finding, named) for finding in plan.adapted]
+    cells = [(n, finding, spec) for n in plan.n_examples for finding in plan.adapted for spec in specs]
     fresh, fresh_seconds = 0, 0.0
     for i, (n, finding, spec) in enumerate(cells, start=1):
         subset = training_subset(data[pool_name(finding)], finding, n, named)
