@@ -257,8 +257,10 @@ def _diffusers_generator(out: Path, device: str, dtype: Any):
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from medsd.models import dtype_keyword
+
     folder = str(model_dir(out))
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, **dtype_keyword(dtype), safety_checker=None).to(device)
     pipe.set_progress_bar_config(disable=True)
 
     def generate(batch: int, steps: int, side: int) -> Any:

@@ -43,6 +43,14 @@ def test_build_is_deterministic(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 
 def test_load_components_for_training(tiny_model_dir: Path) -> None:
+    import warnings
+
+    # The installed diffusers' own dtype keyword: no deprecation warning on every load.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        parts = load_components(str(tiny_model_dir), dtype="bfloat16")
+        assert parts.unet.dtype == parts.vae.dtype == parts.text_encoder.dtype == torch.bfloat16
+        assert load_pipeline(str(tiny_model_dir), dtype="bfloat16", device="cpu").unet.dtype == torch.bfloat16
     parts = load_components(str(tiny_model_dir), dtype="float32")
     latents = torch.randn(2, 4, 16, 16)
     ids = parts.tokenizer(["a chest x-ray"] * 2, padding="max_length", return_tensors="pt").input_ids

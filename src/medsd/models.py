@@ -147,6 +147,14 @@ def _check_local(source: str) -> None:
         check_model_weights(path)
 
 
+def dtype_keyword(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers' `from_pretrained` keyword for a dtype: `dtype` since diffusers followed transformers (2026; it
+    warns on `torch_dtype` from then on), `torch_dtype` in the releases before."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def load_components(
     source: str, dtype: str | torch.dtype = "float32", revision: str | None = None, variant: str | None = None
 ) -> Components:
@@ -162,9 +170,10 @@ def load_components(
         text_encoder = CLIPTextModel.from_pretrained(
             source, subfolder="text_encoder", variant=variant, dtype=torch_dtype, **kwargs
         )
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, torch_dtype=torch_dtype, **kwargs)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **dtype_keyword(torch_dtype),
+                                            **kwargs)
         unet = UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", variant=variant, torch_dtype=torch_dtype, **kwargs
+            source, subfolder="unet", variant=variant, **dtype_keyword(torch_dtype), **kwargs
         )
         noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
     except LOAD_ERRORS as err:
@@ -187,7 +196,7 @@ def load_pipeline(
     check_inference_precision(target, torch_dtype)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=torch_dtype, revision=revision, variant=variant,
+            source, **dtype_keyword(torch_dtype), revision=revision, variant=variant,
             safety_checker=None, requires_safety_checker=False,
         )
     except LOAD_ERRORS as err:

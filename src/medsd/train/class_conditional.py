@@ -219,10 +219,11 @@ def load_class_conditional(folder: Path, spec: dict[str, Any], device: str, dtyp
     from safetensors.torch import load_file
 
     from medsd.generate.loading import LoadedModel
+    from medsd.models import dtype_keyword
 
     folder = Path(folder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype).to(device).eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype).to(device).eval()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", **dtype_keyword(dtype)).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **dtype_keyword(dtype)).to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     table = load_file(str(folder / "label_embedding.safetensors"))["weight"]
     embedding = LabelEmbedding(spec["labels"], table.shape[1], spec.get("mode", "sequence"))

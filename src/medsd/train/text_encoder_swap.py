@@ -168,14 +168,15 @@ def load_text_encoder_swap(folder: Path, spec: dict[str, Any], device: str, dtyp
     from transformers import AutoModel, AutoTokenizer
 
     from medsd.generate.loading import LoadedModel
+    from medsd.models import dtype_keyword
 
     folder = Path(folder)
     if spec.get("unet"):
-        unet = UNet2DConditionModel.from_pretrained(folder / spec["unet"], torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder / spec["unet"], **dtype_keyword(dtype))
     else:
         unet = _base_unet(spec["base_model"], dtype)
     unet = unet.to(device).eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **dtype_keyword(dtype)).to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     encoder = AutoModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(device).eval()
@@ -194,8 +195,10 @@ def load_text_encoder_swap(folder: Path, spec: dict[str, Any], device: str, dtyp
 def _base_unet(base: str, dtype: torch.dtype) -> Any:
     from diffusers import UNet2DConditionModel
 
+    from medsd.models import dtype_keyword
+
     try:
-        return UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype)
+        return UNet2DConditionModel.from_pretrained(base, subfolder="unet", **dtype_keyword(dtype))
     except (OSError, ValueError) as err:
         raise MedsdError(f"this text-encoder-swap folder uses the U-Net of base model {base!r}, which could not be "
                          f"loaded ({str(err).splitlines()[0][:120]}); make it available locally") from err
