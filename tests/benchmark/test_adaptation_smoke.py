@@ -88,6 +88,7 @@ def test_report_table_and_verdict(bench: tuple[Path, dict]) -> None:
     assert table.startswith("| method | setting | new AUC N=2 |") and "`lora`" in table and "Target" in table
     # 2 label + 2 report images ask for the new finding; 1 + 1 for no finding and each of the 3 base findings
     assert "(4 images asked for it against 8 others)" in table and "Sampling error" in page
+    assert "a mean over" not in table  # one finding adapted: no mean over findings to speak of
     assert summary["target"]["met_by"] == [] or set(summary["target"]["met_by"]) <= set(METHODS)
     assert set(summary["seconds"]) >= {"phantom sets", "judge", "base model", "adaptation grid"}
 

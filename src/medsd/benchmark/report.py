@@ -132,8 +132,9 @@ def sampling_error_note(summary: dict[str, Any]) -> str:
     k = max(len(summary.get("findings") or (summary.get("plan") or {}).get("held_out") or []), 1)
     return (f"Sampling error: a run's new-finding AUC ({asked} images asked for it against {others} others) has a "
             f"standard error of {low:.2f} near 0.7 and {high:.2f} near 0.95 from the draw of the images alone "
-            f"(Hanley & McNeil; `new_finding_auc_se` per run); a mean over {k} findings, {low / k ** 0.5:.2f} near "
-            f"0.7. Means that differ by less than about {1.96 * (2 / k) ** 0.5 * low:.2f} near 0.7 are within "
+            f"(Hanley & McNeil; `new_finding_auc_se` per run)"
+            + (f"; a mean over {k} findings, {low / k ** 0.5:.2f} near 0.7" if k > 1 else "")
+            + f". Means that differ by less than about {1.96 * (2 / k) ** 0.5 * low:.2f} near 0.7 are within "
             "sampling error of each other (every run draws with the same prompts and seeds, which makes differences "
             "somewhat steadier than independent draws would).")
 
