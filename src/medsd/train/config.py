@@ -82,7 +82,9 @@ class TrainingConfig(StrictModel):
         False,
         description="torch.compile the U-Net: true compiles all of it, \"blocks\" only its repeated transformer "
         "blocks (diffusers' regional compilation: a fraction of the compile time for part of the gain). The first "
-        "step pays the compilation (minutes on a CPU, cached on disk for later runs); see docs/training.md.",
+        "step pays the compilation (minutes on a CPU, cached on disk for later runs; about 10 s even then), so it "
+        "pays on long runs: on the demo model's CPU LoRA step true saves 18 %, from ~500 steps with a warm cache "
+        "and ~7,000 with a cold one; see docs/training.md.",
     )
     ema: bool = Field(
         False, description="Keep an exponential moving average of the trained weights; saved weights use it."
