@@ -134,7 +134,8 @@ def test_a_base_and_a_judge_are_reused_from_another_folder(bench: tuple[Path, di
     rows = json.loads((out / "results.json").read_text())
     assert [(r["method_id"], r["finding"]) for r in rows] == [("base", "Lung Lesion")]
     with pytest.raises(MedsdError, match="--adapt Cardiomegaly: not held out"):
-        run_adaptation_benchmark(out, replace(_plan(), adapt=("Cardiomegaly",)), base=first / "base")
+        run_adaptation_benchmark(tmp_path / "refused", replace(_plan(), adapt=("Cardiomegaly",)), base=first / "base")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_cli_rejects_an_unknown_method_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -68,4 +68,4 @@ def test_a_base_that_never_saw_a_finding_the_benchmark_keeps_is_refused(tmp_path
     with pytest.raises(MedsdError, match="never saw Pneumothorax"):
         run_adaptation_benchmark(tmp_path / "out", replace(AdaptationPlan.smoke(), held_out=("Lung Lesion",)),
                                  base=base)
-    assert not (tmp_path / "out" / "data").exists()
+    assert not (tmp_path / "out").exists()

@@ -48,7 +48,6 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     # Absolute from here on: the recipes written inside name their data, and a run reads `data.csv` relative to
     # `data.root`, not to the folder the benchmark was started from.
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     specs = method_specs(plan.methods, plan.learning_rates)
     unknown = [f for f in plan.held_out if f not in FINDINGS]
     if unknown or not plan.held_out:
@@ -59,6 +58,7 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
                          f"({', '.join(plan.held_out)})")
     if base is not None:
         base = check_base(Path(base), plan)  # before any set is rendered
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: refused input leaves no folder behind
     stages = StageTimer()
     data = stages.run("phantom sets", render_sets, out / "data", plan, seed, judge_set=judge is None,
                       rehearsal=plan.rehearsal_images if any(s.rehearsal for s in specs) else 0)
