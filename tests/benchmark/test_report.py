@@ -68,3 +68,14 @@ def test_report_shows_what_each_new_finding_is_confused_with(tmp_path: Path) -> 
     assert "Pneumothorax" not in section  # runs measured before the per-condition AUC are left out
     before = Path(write_report(tmp_path, ROWS, {})["report"]).read_text()
     assert "Not measured for these runs" in before
+
+
+def test_sampling_error_note_speaks_of_a_mean_only_over_several_adapted_findings() -> None:
+    from medsd.benchmark.report import sampling_error_note
+
+    both = {"new_finding_images": 24, "other_images": 24,
+            "plan": {"held_out": ["Pneumothorax", "Lung Lesion"], "adapt": None}}
+    assert "a mean over 2 findings, 0.05 near 0.7" in sampling_error_note(both)
+    one = {**both, "plan": {**both["plan"], "adapt": ["Lung Lesion"]}}
+    note = sampling_error_note(one)
+    assert "a mean over" not in note and "standard error of 0.08 near 0.7" in note

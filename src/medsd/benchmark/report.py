@@ -129,7 +129,8 @@ def sampling_error_note(summary: dict[str, Any]) -> str:
     if not asked or not others:
         return ""
     low, high = auc_standard_error(0.7, asked, others), auc_standard_error(0.95, asked, others)
-    k = max(len(summary.get("findings") or (summary.get("plan") or {}).get("held_out") or []), 1)
+    plan = summary.get("plan") or {}
+    k = max(len(plan.get("adapt") or plan.get("held_out") or []), 1)  # the findings this call adapted to
     return (f"Sampling error: a run's new-finding AUC ({asked} images asked for it against {others} others) has a "
             f"standard error of {low:.2f} near 0.7 and {high:.2f} near 0.95 from the draw of the images alone "
             f"(Hanley & McNeil; `new_finding_auc_se` per run)"

@@ -75,7 +75,6 @@ def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None 
     rows = stages.run("adaptation grid", run_grid, ctx, data, specs)
     summary = {
         "out": str(out), "plan": asdict(plan), "images_per_run": plan.images_per_run,
-        "findings": sorted({row["finding"] for row in rows}),
         "new_finding_images": plan.new_finding_images, "other_images": plan.other_images, "base_model": str(base_model),
         "seed": seed,
         "judge": str(judge or out / "judge"), "seconds": stages.seconds, "judge_on_real_images": judged["metrics"],
