@@ -13,9 +13,11 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from medsd import __version__
 from medsd.errors import MedsdError, describe_os_error
+from medsd.process_exit import finish
 
 log = logging.getLogger("medsd")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -105,7 +107,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `medsd` console script; returns the exit code."""
+    """The command line as a function (tests and tools call it): returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -138,5 +140,17 @@ def _report(err: BaseException, message: str, verbose: bool) -> int:
     return 2
 
 
+def run() -> NoReturn:
+    """The `medsd` console script and `python -m medsd`: `main`, then the process ends without the
+    interpreter's teardown (`medsd.process_exit`), which would add over a second to every command."""
+    try:
+        code = main()
+    except SystemExit as stop:  # argparse's --help, --version and usage errors
+        if not isinstance(stop.code, int | None):
+            raise  # a message to print: the interpreter's own exit prints it
+        code = stop.code or 0
+    finish(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
