@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from medsd.cli import main
+from medsd.demo import DemoPlan
 
 FINDINGS = {"Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Lung Lesion"}
 
@@ -74,3 +75,15 @@ def test_demo_smoke_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["-q", "demo", "--smoke", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["seconds"]["train text_to_image"] < 1.0 and again["seconds"]["phantom"] < 1.0
+
+
+def test_text_model_gets_what_the_budget_has_left_when_it_starts() -> None:
+    plan = DemoPlan.for_minutes(20)
+    assert plan.model.autoencoder_minutes == 3.0 and plan.model.diffusion_minutes == pytest.approx(12.5)
+    # A fast machine reaches the stage 3.9 minutes in: it trains until generation and evaluation are due.
+    assert plan.text_model_minutes(3.9) == pytest.approx(20 - 3.9 - plan.after_training_minutes)
+    # A slow start never leaves it less than half its planned share.
+    assert plan.text_model_minutes(18.0) == pytest.approx(0.5 * 12.5)
+    # Without a budget (the smoke plan) every stage keeps its planned minutes.
+    smoke = DemoPlan.smoke()
+    assert smoke.minutes is None and smoke.text_model_minutes(100.0) == smoke.model.diffusion_minutes
