@@ -81,7 +81,7 @@ def test_full_fine_tune_changes_unet_and_text_encoder(tiny_model_dir, shapes, sh
     out = tmp_path / "full"
     cfg = recipe(tiny_model_dir, out, "full", num_epochs=1, gradient_accumulation_steps=2, ema=True,
                  ema_decay=0.9, min_snr_gamma=5.0, noise_offset=0.05, prediction_type="v_prediction",
-                 cache_dir=str(shared_cache), dataloader_num_workers=1)
+                 timestep_sampling="logit_normal", cache_dir=str(shared_cache), dataloader_num_workers=1)
     cfg.method.train_text_encoder = True
     result = train_run(cfg, shapes)
     assert result.step == 2  # 8 samples / (batch 2 x accumulation 2)

@@ -75,7 +75,8 @@ class TrainingConfig(StrictModel):
         "ieee",
         description="CPU runs in float32: bf16 lets oneDNN compute convolutions and matmuls on bfloat16 inputs "
         "with float32 accumulation (TF32's counterpart on CPUs); ieee keeps full float32. Measure before use: "
-        "2x slower on an AVX512-BF16 EPYC without AMX (benchmarks/bench_cpu_fp32_math.py, docs/training.md).",
+        "2x slower on an AVX512-BF16 EPYC, 2.4x on an AMX Xeon (benchmarks/bench_cpu_fp32_math.py, "
+        "docs/training.md).",
     )
     channels_last: bool = Field(False, description="channels_last memory format for the U-Net (faster on GPUs).")
     compile: bool | Literal["blocks"] = Field(
@@ -93,6 +94,13 @@ class TrainingConfig(StrictModel):
     min_snr_gamma: float | None = Field(
         None, gt=0, description="Min-SNR loss weighting gamma (5.0 is the paper's value); None: plain MSE."
     )
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
+        "uniform",
+        description="How training timesteps are drawn: uniform (DDPM, SD) or logit_normal (SD3's: t/T from a "
+        "logistic of N(timestep_logit_mean, timestep_logit_std), fewer of the nearly clean and pure-noise ends).",
+    )
+    timestep_logit_mean: float = Field(0.0, description="Mean of the normal behind logit_normal sampling.")
+    timestep_logit_std: float = Field(1.0, gt=0, description="Spread of the normal behind logit_normal sampling.")
     noise_offset: float = Field(
         0.0, ge=0, description="Offset noise strength (0.05-0.1 helps very dark or bright images)."
     )

@@ -8,9 +8,9 @@
   meet float32 inputs without autocast.
 - `training.cpu_fp32_math` (ieee | bf16) is the CPU's counterpart of TF32 on GPUs: with `bf16`, oneDNN runs
   float32 convolutions and matmuls on bfloat16 inputs with float32 accumulation (weights, activations and the
-  optimizer stay float32). It is off by default: on the CPU it was measured on (AMD EPYC with AVX512-BF16, no
-  AMX) it made the demo model's training step twice as slow (docs/training.md); CPUs with AMX are where oneDNN's
-  bf16 kernels are fast.
+  optimizer stay float32). It is off by default: on both CPUs it was measured on it made the demo models'
+  training steps slower, twice on an AMD EPYC with AVX512-BF16 and no AMX, 2.4 times on a Xeon with AMX
+  (docs/training.md); their operations are too small for oneDNN's bf16 kernels to pay back the conversions.
 - fp16 autocast exists only where accelerate turns it on (CUDA and other accelerators, not the CPU): on a CPU
   run accelerate silently skips it, and the first half-precision layer fails with "mat1 and mat2 must have the
   same dtype" after the data has been encoded. `check_run_device` refuses such a run before any work.

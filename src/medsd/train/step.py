@@ -38,7 +38,7 @@ def diffusion_loss(
     noise = torch.randn_like(latents)
     if tc.noise_offset:
         noise += tc.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
+    t = sample_timesteps(scheduler.config.num_train_timesteps, latents.shape[0], tc, latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     if encode_text is not None and "encoder_hidden_states" not in batch:
         batch["encoder_hidden_states"] = encode_text(list(batch["prompt"]))
@@ -54,6 +54,17 @@ def diffusion_loss(
     model_pred = method.module("unet")(noisy, t, cond, return_dict=False)[0]
     weights = min_snr_weights(scheduler, t, tc.min_snr_gamma, prediction) if tc.min_snr_gamma else None
     return method.loss(model_pred, target, batch, weights)
+
+
+def sample_timesteps(num_train_timesteps: int, n: int, tc: TrainingConfig, device: Any) -> torch.Tensor:
+    """Training timesteps: uniform, or SD3's logit-normal density (diffusers' own sampler)."""
+    if tc.timestep_sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (n,), device=device).long()
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    u = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=tc.timestep_logit_mean,
+                                              logit_std=tc.timestep_logit_std)
+    return (u * num_train_timesteps).long().clamp(max=num_train_timesteps - 1).to(device)
 
 
 def gather_losses(losses: torch.Tensor, accelerator: Any) -> list[float]:
