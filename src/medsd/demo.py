@@ -76,7 +76,7 @@ class DemoPlan:
         planned = self.model.diffusion_minutes
         if self.minutes is None:
             return planned
-        return max(self.minutes - elapsed_minutes - self.after_training_minutes, 0.5 * planned)
+        return round(max(self.minutes - elapsed_minutes - self.after_training_minutes, 0.5 * planned), 2)
 
     @classmethod
     def smoke(cls) -> DemoPlan:
