@@ -26,6 +26,8 @@ def test_default_grid_quick_grid_and_images_per_run() -> None:
     quick = AdaptationPlan.quick()
     assert quick.n_examples == (100,) and quick.methods == QUICK_METHODS and set(QUICK_METHODS) <= set(METHODS)
     assert {METHODS[m].family for m in QUICK_METHODS} == {s.family for s in METHODS.values()}
+    # The base keeps the U-Net its measured table was made with, not the demo's one ResNet per level.
+    assert plan.base.unet_config == {} and quick.base.unet_config == {}
 
 
 def test_base_minutes_keep_the_default_split() -> None:
