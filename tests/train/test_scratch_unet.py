@@ -44,6 +44,13 @@ def test_scratch_unet_with_other_settings_trains_and_loads_in_diffusers(tiny_mod
     assert sorted(resumed.losses) == [3]  # only the step after the checkpoint at 2
     assert resumed.method.components.unet.config.resnet_time_scale_shift == "scale_shift"
 
+    # Resuming it into another architecture is refused with one line naming the checkpoint and the way out.
+    cfg.training.max_steps = 4
+    cfg.method = FullMethod(init="scratch", train_text_encoder=True, caption_dropout=0.1)
+    refused = r"checkpoint .*checkpoint-3 does not fit this recipe's model .*new output_dir"
+    with pytest.raises(MedsdError, match=refused):
+        train(cfg, shapes, resume="latest")
+
 
 def test_misspelt_unet_setting_is_refused_before_training(tiny_model_dir, shapes, tmp_path, recipe):
     out = tmp_path / "full"

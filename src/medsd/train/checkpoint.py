@@ -271,10 +271,17 @@ def load_checkpoint(
             f"checkpoint {path} was written by method {state.get('method')!r}, not {method.name!r}; "
             "resume with the recipe that wrote it or start a new output_dir"
         )
-    if (path / "accelerate").is_dir():
-        accelerator.load_state(str(path / "accelerate"))
-    else:
-        method.load_trainable_state_dict(load_file(str(path / "trainable.safetensors")))
+    by_accelerate = (path / "accelerate").is_dir()
+    try:
+        if by_accelerate:
+            accelerator.load_state(str(path / "accelerate"))
+        else:
+            method.load_trainable_state_dict(load_file(str(path / "trainable.safetensors")))
+    except RuntimeError as err:  # torch's state-dict mismatch: another architecture (method.unet_config, rank, ...)
+        detail = (str(err).splitlines() or [""])[0][:160]
+        raise MedsdError(f"checkpoint {path} does not fit this recipe's model ({detail}); resume with the recipe "
+                         "that wrote it or start a new output_dir") from err
+    if not by_accelerate:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
         if ema is not None:
