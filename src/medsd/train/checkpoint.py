@@ -277,7 +277,7 @@ def load_checkpoint(
             accelerator.load_state(str(path / "accelerate"))
         else:
             method.load_trainable_state_dict(load_file(str(path / "trainable.safetensors")))
-    except RuntimeError as err:  # torch's state-dict mismatch: another architecture (method.unet_config, rank, ...)
+    except RuntimeError as err:  # torch's state-dict mismatch: another architecture (method.unet_config)
         detail = (str(err).splitlines() or [""])[0][:160]
         raise MedsdError(f"checkpoint {path} does not fit this recipe's model ({detail}); resume with the recipe "
                          "that wrote it or start a new output_dir") from err
