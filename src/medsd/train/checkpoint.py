@@ -260,6 +260,10 @@ def _remove(path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# What to do about a checkpoint another recipe wrote (another method, another architecture).
+NOT_THIS_RECIPE = "resume with the recipe that wrote it or start a new output_dir"
+
+
 def load_checkpoint(
     path: str | Path, method: Any, optimizer: Any, lr_scheduler: Any, ema: Any, accelerator: Any
 ) -> dict[str, Any]:
@@ -268,8 +272,7 @@ def load_checkpoint(
     state = json.loads((path / "state.json").read_text())
     if state.get("method") != method.name:
         raise MedsdError(
-            f"checkpoint {path} was written by method {state.get('method')!r}, not {method.name!r}; "
-            "resume with the recipe that wrote it or start a new output_dir"
+            f"checkpoint {path} was written by method {state.get('method')!r}, not {method.name!r}; {NOT_THIS_RECIPE}"
         )
     by_accelerate = (path / "accelerate").is_dir()
     try:
@@ -279,8 +282,7 @@ def load_checkpoint(
             method.load_trainable_state_dict(load_file(str(path / "trainable.safetensors")))
     except RuntimeError as err:  # torch's state-dict mismatch: another architecture (method.unet_config)
         detail = (str(err).splitlines() or [""])[0][:160]
-        raise MedsdError(f"checkpoint {path} does not fit this recipe's model ({detail}); resume with the recipe "
-                         "that wrote it or start a new output_dir") from err
+        raise MedsdError(f"checkpoint {path} does not fit this recipe's model ({detail}); {NOT_THIS_RECIPE}") from err
     if not by_accelerate:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
