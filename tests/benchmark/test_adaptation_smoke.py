@@ -156,12 +156,13 @@ def test_cli_rejects_a_malformed_learning_rate_in_one_line(tmp_path: Path, capsy
     assert len(err) == 1 and "ID=RATE" in err[0]
 
 
-def test_cli_rehearsal_and_adapt_options_reach_the_plan_and_bad_values_are_refused(
+def test_cli_rehearsal_adapt_and_base_options_reach_the_plan_and_bad_values_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from medsd.benchmark import stages
     from medsd.cli import main
 
-    for option, value in (("--rehearsal-images", "0"), ("--example-share", "1"), ("--example-share", "0")):
+    for option, value in (("--rehearsal-images", "0"), ("--example-share", "1"), ("--example-share", "0"),
+                          ("--base-layers-per-block", "0")):
         assert main(["benchmark", "adaptation", "--smoke", option, value, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and option in err[0]
@@ -176,8 +177,9 @@ def test_cli_rehearsal_and_adapt_options_reach_the_plan_and_bad_values_are_refus
 
     monkeypatch.setattr(stages, "run_adaptation_benchmark", record)
     assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "7", "--example-share", "0.33",
-                 "--adapt", "Lung Lesion", "--out", str(tmp_path)]) == 0
+                 "--adapt", "Lung Lesion", "--base-layers-per-block", "1", "--out", str(tmp_path)]) == 0
     assert seen[0].rehearsal_images == 7 and seen[0].example_share == 0.33
+    assert seen[0].base.unet_config == {"layers_per_block": 1}
     assert seen[0].held_out == ("Pneumothorax", "Lung Lesion") and seen[0].adapted == ("Lung Lesion",)
 
 

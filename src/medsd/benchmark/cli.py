@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base-minutes", type=float, default=None,
                    help="training minutes of the base, split like the default (2.5 autoencoder, 1 report reader, 10 "
                    "text-to-image)")
+    p.add_argument("--base-layers-per-block", type=int, default=None, metavar="K",
+                   help="ResNet blocks per level of the base's U-Net (default 2, the README table's; the demo's "
+                   "text model has 1)")
     p.add_argument("--quick", action="store_true", help="N = 100 and six methods (every family), ~12 min with a base")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, every stage in a few minutes (tests)")
     p.add_argument("--findings", nargs="+", default=None, metavar="FINDING",
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
                              rehearsal_images=args.rehearsal_images, example_share=args.example_share)
     if args.base_minutes:
         plan = plan.with_base_minutes(args.base_minutes)
+    if args.base_layers_per_block is not None:
+        if args.base_layers_per_block < 1:
+            raise MedsdError(f"--base-layers-per-block {args.base_layers_per_block}: give 1 or more (default 2)")
+        plan = replace(plan, base=replace(plan.base, unet_config={"layers_per_block": args.base_layers_per_block}))
     if args.run_steps:
         plan = replace(plan, run_minutes=None, max_steps=args.run_steps)
     summary = run_adaptation_benchmark(Path(args.out), plan, base=args.base, judge=args.judge, seed=args.seed)
