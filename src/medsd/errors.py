@@ -12,6 +12,13 @@ class MedsdError(Exception):
     """
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to `limit` characters (the exception's type when it has no
+    message): what of a library's multi-line error fits into one `medsd: error:` line."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__
+
+
 # What to do about the file-system errors a user can cause, by errno.
 _OS_ADVICE = {
     errno.EACCES: "check its permissions or choose another location",

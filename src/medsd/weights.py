@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 WHY_REFUSED = "pickle files are refused because unpickling can run code hidden in the file"
@@ -41,7 +41,7 @@ def check_safetensors(path: str | Path, what: str) -> Path:
         if looks_pickled(path):
             raise pickle_refusal(path, what) from None
         raise MedsdError(
-            f"{what} {path} is not a complete safetensors file ({_first_line(err)}); it is truncated or damaged: "
+            f"{what} {path} is not a complete safetensors file ({first_line(err)}); it is truncated or damaged: "
             "copy it again or re-create it"
         ) from None
     return path
@@ -102,9 +102,5 @@ def error_detail(err: BaseException) -> str:
 
     if isinstance(err, pickle.UnpicklingError):
         return f"UnpicklingError: a pickle holding more than plain tensors; {WHY_REFUSED}"
-    return f"{type(err).__name__}: {_first_line(err)}"
+    return f"{type(err).__name__}: {first_line(err)}"
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__

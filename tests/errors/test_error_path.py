@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from medsd.config import RunConfig
 from medsd.config_base import apply_overrides
-from medsd.errors import MedsdError, describe_os_error
+from medsd.errors import MedsdError, describe_os_error, first_line
 from medsd.files import read_text
 from medsd.weights import check_safetensors
 
@@ -68,6 +68,16 @@ def test_describe_os_error_names_the_path_and_the_fix() -> None:
     assert describe_os_error(full) == ("cannot use /data/run/checkpoint-9/optimizer.pt: No space left on device; "
                                        "the disk is full; free space or choose another location")
     assert describe_os_error(OSError(errno.EIO, "Input/output error")) is None  # not the user's to fix
+
+
+def test_first_line_keeps_one_line_of_a_library_error() -> None:
+    """A library's multi-line message is cut to its first line; one without a message names its type instead of
+    ending the error report in an IndexError."""
+    err = RuntimeError("Error(s) in loading state_dict for UNet2DConditionModel:\n\tMissing key(s): conv_in.weight")
+    assert first_line(err) == "Error(s) in loading state_dict for UNet2DConditionModel:"
+    assert first_line(err, 8) == "Error(s)"
+    assert first_line(RuntimeError("  \n  ")) == "RuntimeError"
+    assert first_line(torch.OutOfMemoryError()) == "OutOfMemoryError"
 
 
 def test_the_cli_turns_a_late_permission_error_into_one_line(monkeypatch, capsys) -> None:

@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from medsd.config_base import StrictModel
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 from medsd.evaluate.features import load_state_dict_file, to_channels
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def build_classifier(arch: str, num_outputs: int, weights: Path | None = None) -
             model.load_state_dict(load_state_dict_file(weights, "augment weights"))
         except RuntimeError as err:
             raise MedsdError(
-                f"augment weights {weights} are not a torchvision {arch} state dict ({str(err).splitlines()[0]}); "
+                f"augment weights {weights} are not a torchvision {arch} state dict ({first_line(err)}); "
                 f"save one with: torchvision.models.{arch}(weights='IMAGENET1K_V1').state_dict()"
             ) from err
         log.info("%s initialised from %s", arch, weights)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 from medsd.files import read_text
 from medsd.text_encoder_lora import TEXT_ENCODER_PREFIX, load_text_encoder_lora, text_encoder_alpha
 from medsd.weights import (
@@ -222,7 +222,7 @@ def apply_lora(model: LoadedModel, lora: str | Path, scale: float = 1.0) -> None
         # medsd.text_encoder_lora): the same weights, without a transformers-peft version check in the way.
         load_text_encoder_lora(pipe.text_encoder, state, alpha=text_encoder_alpha(alphas, metadata), scale=scale)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
-        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        detail = first_line(err, 300)
         raise MedsdError(f"LoRA {str(path)!r} does not fit model {model.source!r}: {detail}") from err
     model.adapters.append(f"lora:{path}@{scale:g}#{file_digest(path)}")
 

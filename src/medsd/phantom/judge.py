@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 from medsd.files import read_text
 from medsd.phantom.judge_heads import (
     LATERAL_FINDINGS,
@@ -142,7 +142,7 @@ def load_reference_classifier(path: str | Path) -> PhantomClassifier:
                                            strict=cfg["arch"] == ARCH)
     except RuntimeError as err:
         raise MedsdError(f"phantom classifier: {d}/model.safetensors does not match its config.json "
-                         f"({(str(err).splitlines() or [''])[0][:160]}); retrain the classifier") from None
+                         f"({first_line(err, 160)}); retrain the classifier") from None
     model.reads_side_and_severity = not missing
     return model.eval()
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def load_checkpoint(
         else:
             method.load_trainable_state_dict(load_file(str(path / "trainable.safetensors")))
     except RuntimeError as err:  # torch's state-dict mismatch: another architecture (method.unet_config)
-        detail = (str(err).splitlines() or [""])[0][:160]
+        detail = first_line(err, 160)
         raise MedsdError(f"checkpoint {path} does not fit this recipe's model ({detail}); {NOT_THIS_RECIPE}") from err
     if not by_accelerate:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))

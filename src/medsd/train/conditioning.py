@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -111,5 +111,5 @@ def fresh_unet(unet: Any, latent_channels: int, changes: dict[str, Any] | None =
     try:
         return UNet2DConditionModel.from_config(config)
     except (ValueError, TypeError, KeyError) as err:
-        raise MedsdError(f"method.unet_config {changes} does not build a U-Net: {str(err).splitlines()[0]}; fix "
+        raise MedsdError(f"method.unet_config {changes} does not build a U-Net: {first_line(err)}; fix "
                          "or remove those settings") from None

