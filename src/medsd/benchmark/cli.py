@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise MedsdError(f"--rehearsal-images {args.rehearsal_images}: give one or more images (default 100)")
     if args.example_share is not None and not 0 < args.example_share < 1:
         raise MedsdError(f"--example-share {args.example_share}: give a share between 0 and 1, e.g. 0.33")
+    if args.base_layers_per_block is not None and args.base_layers_per_block < 1:
+        raise MedsdError(f"--base-layers-per-block {args.base_layers_per_block}: give 1 or more (default 2)")
     torch.set_num_threads(max(1, args.threads))
     plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
@@ -86,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
     if args.base_minutes:
         plan = plan.with_base_minutes(args.base_minutes)
     if args.base_layers_per_block is not None:
-        if args.base_layers_per_block < 1:
-            raise MedsdError(f"--base-layers-per-block {args.base_layers_per_block}: give 1 or more (default 2)")
         plan = replace(plan, base=replace(plan.base, unet_config={"layers_per_block": args.base_layers_per_block}))
     if args.run_steps:
         plan = replace(plan, run_minutes=None, max_steps=args.run_steps)
