@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medsd.config_base import StrictModel, apply_overrides, read_yaml, validate
 from medsd.data.config import DataConfig
@@ -23,6 +23,13 @@ class RunConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation settings.")
     method: MethodConfig = Field(default_factory=LoraMethod, description="What trains and how it is saved.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Validation prompts.")
+
+    @model_validator(mode="after")
+    def _masked_loss_has_masks(self) -> RunConfig:
+        if self.training.masked_loss_weight and not self.data.mask_columns:
+            raise ValueError("training.masked_loss_weight needs region masks: name their CSV columns in "
+                             "data.mask_columns, or set masked_loss_weight to 0")
+        return self
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -26,8 +26,10 @@ def test_default_grid_quick_grid_and_images_per_run() -> None:
     quick = AdaptationPlan.quick()
     assert quick.n_examples == (100,) and quick.methods == QUICK_METHODS and set(QUICK_METHODS) <= set(METHODS)
     assert {METHODS[m].family for m in QUICK_METHODS} == {s.family for s in METHODS.values()}
-    # The base keeps the U-Net its measured table was made with, not the demo's one ResNet per level.
+    # The base keeps the U-Net and the loss its measured table was made with, not the demo's one ResNet per level
+    # and mask-weighted loss.
     assert plan.base.unet_config == {} and quick.base.unet_config == {}
+    assert plan.base.masked_loss_weight == 0 == quick.base.masked_loss_weight
 
 
 def test_base_minutes_keep_the_default_split() -> None:

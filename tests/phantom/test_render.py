@@ -18,6 +18,7 @@ from medsd.phantom import cli as phantom_cli
 from medsd.phantom import render as P
 
 CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + P.CHEXPERT_LABELS + ["Report"]
+MASK_COLUMNS = [f"Mask {f}" for f in P.FINDINGS]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_same_seed_same_files_regardless_of_workers(phantom_set: Path, tmp_path:
 def test_csv_has_chexpert_columns_and_consistent_labels(phantom_set: Path) -> None:
     rows = _rows(phantom_set)
     assert len(rows) == 16
-    assert list(rows[0].keys()) == CHEXPERT_COLUMNS
+    assert list(rows[0].keys()) == CHEXPERT_COLUMNS + MASK_COLUMNS
     for row in rows:
         assert row["Path"].startswith("train/patient") and row["Path"].endswith("/view1_frontal.png")
         with Image.open(phantom_set / row["Path"]) as im:
@@ -104,6 +105,8 @@ def test_masks_and_params_agree_with_labels(phantom_set: Path) -> None:
         row = rows[rec["path"]]
         positive = {k for k in P.FINDINGS if row[k] == "1"}
         assert set(rec["masks"]) == positive == {f["name"] for f in rec["findings"]}
+        # the CSV names the same mask files, one column per finding, blank without it
+        assert {k: row[P.mask_column(k)] for k in P.FINDINGS} == {k: rec["masks"].get(k, "") for k in P.FINDINGS}
         for name, rel in rec["masks"].items():
             mask = np.asarray(Image.open(phantom_set / rel)) > 127
             assert mask.shape == (64, 64) and mask.any(), (rec["path"], name)

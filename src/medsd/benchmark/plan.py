@@ -50,8 +50,9 @@ class AdaptationPlan:
     # Rehearsal settings: repeat the N examples so they make about this share of the training rows (kohya's
     # num_repeats); None: each once, so at N = 5 with 100 base-finding images they are 5 % of what a batch draws.
     example_share: float | None = None
-    # The base keeps the size's own U-Net (two ResNets per level): the README's table was measured with it.
-    base: TextModelPlan = field(default_factory=lambda: TextModelPlan(unet_config={}))
+    # The base keeps the size's own U-Net (two ResNets per level) and the plain loss: the README's table was
+    # measured with them.
+    base: TextModelPlan = field(default_factory=lambda: TextModelPlan(unet_config={}, masked_loss_weight=0.0))
 
     @property
     def size(self) -> int:

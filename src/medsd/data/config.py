@@ -93,6 +93,12 @@ class DataConfig(StrictModel):
     patient_column: str | None = Field(
         None, description="csv source: patient id column; None = a `patient...` path part, else the file name."
     )
+    mask_columns: list[str] = Field(
+        default_factory=list,
+        description="csv and phantom sources: columns naming each image's region masks (image files the image's "
+        "size, relative to root; several joined by `|`; blank: none). Their union follows the image's preprocessing "
+        "and weights the denoising loss (training.masked_loss_weight). Phantom: `Mask <finding>` columns.",
+    )
     resolution: int = Field(64, ge=8, le=4096, description="Side of the square training image in pixels.")
     channels: Literal[1, 3] = Field(3, description="Output channels: 3 for Stable Diffusion's VAE, 1 for grey models.")
     labels: list[str] | None = Field(
@@ -164,4 +170,15 @@ class DataConfig(StrictModel):
         chosen = {"train": 0, "val": 1, "test": 2}.get(self.split)
         if chosen is not None and fractions[chosen] == 0:
             raise ValueError(f"split is {self.split!r} but its share in split_fractions is 0")
+        return self
+
+    @model_validator(mode="after")
+    def _masks_are_possible(self) -> DataConfig:
+        if not self.mask_columns:
+            return self
+        if self.source not in ("csv", "phantom"):
+            raise ValueError(f"mask_columns is read from a CSV: use the csv or phantom source, not {self.source!r}")
+        if self.augment:
+            raise ValueError("mask_columns and augment do not go together (the augmentation would move the image "
+                             "but not its mask); turn augment off")
         return self

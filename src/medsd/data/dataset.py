@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from medsd.data import sampling
 from medsd.data.config import DataConfig
 from medsd.data.images import UnreadableImage, read_image
-from medsd.data.preprocess import augment, preprocess_image
+from medsd.data.preprocess import augment, preprocess_image, preprocess_mask
 from medsd.data.prompts import build_prompt, extract_sections, report_prompt, trim_prompt
 from medsd.data.sources import SAMPLE_READERS, load_source
 from medsd.errors import MedsdError
@@ -72,8 +72,33 @@ def read_sample(path: str, cfg: DataConfig) -> torch.Tensor:
     return preprocess_image(array, cfg.resolution, cfg.preprocess, cfg.channels, cfg.crop_to_content)
 
 
+def read_loss_mask(image_path: str, mask_files: str, cfg: DataConfig) -> torch.Tensor:
+    """The union of an image's masks (`|`-joined files; any non-zero pixel is inside), cropped, resized and padded
+    exactly as the image: [1, resolution, resolution] in [0, 1]. Raises UnreadableImage (a bad mask skips its
+    image like a bad image would)."""
+    names = [n for n in mask_files.split("|") if n] if isinstance(mask_files, str) else []
+    if not names:
+        return torch.zeros(1, cfg.resolution, cfg.resolution)
+    files, slice_index = image_paths(image_path)
+    image = read_image(files, cfg.slice_index if slice_index is None else slice_index, cfg.slice_axis, cfg.window,
+                       cfg.min_size, cfg.max_pixels)
+    union = None
+    for name in names:
+        plane = read_image(name, None, cfg.slice_axis, None, 1, cfg.max_pixels)
+        plane = (plane.max(axis=-1) if plane.ndim == 3 else plane) > 0
+        if union is not None and plane.shape != union.shape:
+            raise UnreadableImage(name, f"mask is {plane.shape[1]}x{plane.shape[0]} pixels, its image's other "
+                                        f"masks {union.shape[1]}x{union.shape[0]}")
+        union = plane if union is None else union | plane
+    try:
+        return preprocess_mask(union, image, cfg.resolution, cfg.preprocess, cfg.crop_to_content)
+    except ValueError as err:
+        raise UnreadableImage(names[0], str(err)) from None
+
+
 class MedicalImageDataset(Dataset):
-    """Samples `{"pixel_values", "prompt", "labels", "patient_id", "path", "index"}` from a selected table.
+    """Samples `{"pixel_values", "prompt", "labels", "patient_id", "path", "index"}` from a selected table, and
+    `"loss_mask"` (the image's region masks, preprocessed like it) when `data.mask_columns` names them.
 
     Attributes: `pathologies` (label names, canonical order), `frame` (one row per sample), `raw_labels`
     (1 / 0 / -1 / NaN before the uncertainty policy), `skipped` ((path, reason) for unreadable images),
@@ -165,12 +190,20 @@ class MedicalImageDataset(Dataset):
             except UnreadableImage as err:
                 self._record_skip(err)
                 continue
+            item = {"pixel_values": pixels}
+            if self.cfg.mask_columns:
+                try:
+                    item["loss_mask"] = read_loss_mask(self.frame.at[i, "path"], self.frame.at[i, "mask_paths"],
+                                                       self.cfg)
+                except UnreadableImage as err:
+                    self._record_skip(err)
+                    continue
             if self.cfg.augment:
                 if self._aug_gen is None:
                     self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + torch.initial_seed() % 2**31)
-                pixels = augment(pixels, self._aug_gen)
+                item["pixel_values"] = augment(pixels, self._aug_gen)
             return {
-                "pixel_values": pixels,
+                **item,
                 "prompt": self._prompt(i),
                 "labels": self._labels[i],
                 "patient_id": str(self.frame.at[i, "patient_id"]),

@@ -32,12 +32,13 @@ def _to_chw(array: np.ndarray) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def crop_to_content(image: Image, threshold: float = 0.0) -> Image:
+def crop_to_content(image: Image, threshold: float = 0.0, channels: int | None = None) -> Image:
     """Crop a [C, H, W] image (tensor or array) to the bounding box of pixels brighter than `threshold`.
 
+    `channels`: look at the first N planes only (the image's, when a mask rides along as the last plane).
     An all-dark image is returned unchanged: cropping it to nothing would only create an error later.
     """
-    mask = (_np(image) > threshold).any(axis=0)
+    mask = (_np(image)[:channels] > threshold).any(axis=0)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:
         return image
@@ -106,20 +107,45 @@ def preprocess_image(
 
     Raises ValueError when the input is outside [0, 1]: a silently mis-scaled image trains a wrong model.
     """
+    image = _checked(array, mode)
+    image = match_channels(_geometry(image, image.shape[0], resolution, mode, crop), channels)
+    return torch.from_numpy(np.ascontiguousarray(np.clip(image, 0, 1) * 2 - 1, dtype=np.float32))
+
+
+def preprocess_mask(
+    mask: np.ndarray, image: Image, resolution: int, mode: str = "pad", crop: bool = True
+) -> torch.Tensor:
+    """A [0, 1] mask (H, W) drawn on `image` → FloatTensor[1, resolution, resolution] in [0, 1], with exactly the
+    crop, resize and padding `preprocess_image` gives the image (the content crop is the image's, not the mask's).
+
+    Raises ValueError when the mask's size is not the image's.
+    """
+    pixels = _checked(image, mode)
+    region = _to_chw(np.asarray(mask, dtype=np.float32))[:1]
+    if region.shape[1:] != pixels.shape[1:]:
+        raise ValueError(f"mask is {region.shape[2]}x{region.shape[1]} pixels but its image is "
+                         f"{pixels.shape[2]}x{pixels.shape[1]}")
+    stacked = _geometry(np.concatenate([pixels, region]), pixels.shape[0], resolution, mode, crop)
+    return torch.from_numpy(np.ascontiguousarray(np.clip(stacked[-1:], 0, 1), dtype=np.float32))
+
+
+def _checked(array: Image, mode: str) -> np.ndarray:
     if mode not in MODES:
         raise ValueError(f"unknown preprocess mode {mode!r}; choose one of {', '.join(MODES)}")
     image = _to_chw(_np(array))
     lo, hi = float(image.min()), float(image.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(f"image values must lie in [0, 1] (read_image output), got [{lo:.3g}, {hi:.3g}]")
+    return image
+
+
+def _geometry(stack: np.ndarray, content_channels: int, resolution: int, mode: str, crop: bool) -> np.ndarray:
+    """Crop, resize and pad [C, H, W]; the content crop looks at the first `content_channels` planes only."""
     if mode == "pad":
         if crop:
-            image = crop_to_content(image)
-        image = pad_to_square(resize_longest_edge(image, resolution))
-    else:
-        image = center_crop(resize_short_side(image, resolution), resolution)
-    image = match_channels(image, channels)
-    return torch.from_numpy(np.ascontiguousarray(np.clip(image, 0, 1) * 2 - 1, dtype=np.float32))
+            stack = crop_to_content(stack, channels=content_channels)
+        return pad_to_square(resize_longest_edge(stack, resolution))
+    return center_crop(resize_short_side(stack, resolution), resolution)
 
 
 def augment(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -341,7 +341,24 @@ def load_csv(cfg: DataConfig, root: Path, csv_path: Path | None = None) -> Sourc
         labels = _auto_label_columns(df, exclude)
     for c in labels:
         frame[c] = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float32)
+    if cfg.mask_columns:
+        frame["mask_paths"] = mask_paths(df, cfg.mask_columns, root, f"CSV {csv_path}")
     return SourceData(frame, labels)
+
+
+def mask_paths(df: pd.DataFrame, columns: list[str], root: Path, what: str) -> np.ndarray:
+    """Per row, every mask file named in `columns` (blank cells skipped), resolved against root and joined by `|`."""
+    _require_columns(df, columns, f"{what} (data.mask_columns)")
+    prefix = str(root).rstrip("/") + "/"
+
+    def resolve(name: str) -> str:
+        return name if name.startswith("/") else prefix + name
+
+    joined = []
+    for cells in df[columns].itertuples(index=False):
+        names = [n for cell in cells if isinstance(cell, str) for n in cell.split("|") if n.strip()]
+        joined.append("|".join(resolve(n.strip()) for n in names))
+    return np.array(joined, dtype=object)
 
 
 def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
@@ -364,6 +381,13 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
     data = load_chexpert(local, root) if "Frontal/Lateral" in columns else load_csv(local, root, csv_path)
     if "Report" in columns:  # free-text reports, like MIMIC-CXR's, for `prompt.source: report` and friends
         data.frame["text"] = _read_csv(csv_path, "phantom CSV")["Report"].to_numpy()
+    if cfg.mask_columns and "mask_paths" not in data.frame.columns:
+        missing = [c for c in cfg.mask_columns if c not in columns]
+        if missing:
+            raise MedsdError(f"phantom CSV {csv_path} has no column(s) {missing} (data.mask_columns); a phantom "
+                             f"rendered before version 1.2 names no masks: render it again with `medsd data phantom`")
+        data.frame["mask_paths"] = mask_paths(_read_csv(csv_path, "phantom CSV"), cfg.mask_columns, root,
+                                              f"phantom CSV {csv_path}")
     if cfg.labels is None:
         present = [p for p in data.pathologies if data.frame[p].isin([1, -1]).any()]
         data.frame = data.frame.drop(columns=[p for p in data.pathologies if p not in present])

@@ -11,7 +11,8 @@ Ground truth is exact by linearity: the image change a finding causes is the pro
 its mask is where that projection is non-negligible.
 
 Output of ``write_phantom_dataset`` (paths relative to the output dir):
-``train/patientNNNNN/studyK/view1_frontal.png``, ``train.csv`` (CheXpert columns + Report), ``masks/.../*.png``,
+``train/patientNNNNN/studyK/view1_frontal.png``, ``train.csv`` (CheXpert columns, Report, and a ``Mask <finding>``
+column naming each finding's mask file), ``masks/.../*.png``,
 ``params.jsonl`` (every render parameter per image) and ``phantom.json`` (manifest).
 """
 
@@ -21,6 +22,7 @@ import csv
 import json
 import logging
 import multiprocessing as mp
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from medsd.phantom import ct as pct
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "1.1"  # 1.1: a free-text report per image (CSV column Report)
+PHANTOM_VERSION = "1.2"  # 1.1: a free-text report per image (CSV column Report); 1.2: `Mask <finding>` columns
 # The CSV carries all 14 CheXpert columns, so the ordinary CheXpert loader reads it.
 CHEXPERT_LABELS = ["No Finding", *SOURCE_CHEXPERT_LABELS]
 FINDINGS = ["Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion"]
@@ -385,10 +387,16 @@ def _render_and_write(job: tuple[str, dict[str, Any], int, int]) -> dict[str, An
     return record
 
 
-def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
+def mask_column(finding: str) -> str:
+    """The CSV column naming each image's mask file of `finding` (blank where the image does not have it)."""
+    return f"Mask {finding}"
+
+
+def _csv_row(rec: dict[str, Any], findings: Sequence[str] = ()) -> dict[str, Any]:
     pp = rec["patient_params"]
     row = {"Path": rec["path"], "Sex": pp["sex"], "Age": pp["age"], "Frontal/Lateral": "Frontal", "AP/PA": rec["view"]}
     row.update(labels_of(rec["findings"]))
+    row.update({mask_column(f): rec["masks"].get(f, "") for f in findings})
     if "report" in rec:
         row["Report"] = rec["report"]
     return row
@@ -445,10 +453,11 @@ def write_phantom_dataset(
         for rec in records:
             rec["report"] = report_for_record(rec, findings=allowed).text
     columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + CHEXPERT_LABELS + (["Report"] if reports else [])
+    columns += [mask_column(f) for f in allowed]
     with open(out / "train.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(_csv_row(r) for r in records)
+        writer.writerows(_csv_row(r, allowed) for r in records)
     with open(out / "params.jsonl", "w") as fh:
         for r in records:
             fh.write(json.dumps(r, sort_keys=True) + "\n")

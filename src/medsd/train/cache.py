@@ -53,6 +53,9 @@ def dataset_fingerprint(dataset: Dataset, data_settings: dict[str, Any] | None =
         # a cache shared between runs (`training.cache_dir`) must miss when a report or an image changes.
         parts.append(_frame_digest(frame))
         parts.append("\n".join(f"{p}\t{_file_stamp(str(p))}" for p in frame["path"].tolist()))
+        if "mask_paths" in frame.columns:  # region masks weight the loss: an edited mask must miss too
+            parts.append("\n".join(f"{m}\t{_file_stamp(m)}" for cell in frame["mask_paths"].tolist()
+                                   for m in str(cell).split("|") if m))
     else:
         # No table of paths: read paths and prompts from the samples (this loads every image once per run).
         log.warning("data set %s has no `frame` or `fingerprint()`; reading every sample to key the latent cache",
@@ -105,7 +108,8 @@ def latent_shape(vae: torch.nn.Module, pixel_shape: tuple[int, ...]) -> tuple[in
 
 
 class LatentCache(Dataset):
-    """A finished cache, read through a memory map: items are `{"latent_params", "prompt", "labels", "index"}`."""
+    """A finished cache, read through a memory map: items are `{"latent_params", "prompt", "labels", "index"}`,
+    and `"loss_mask"` (the region mask averaged down to the latent grid) when the data set has masks."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -114,6 +118,8 @@ class LatentCache(Dataset):
         self.n = meta["n"]
         labels_path = self.directory / "labels.npy"
         self.labels = np.load(labels_path) if labels_path.exists() else None
+        masks_path = self.directory / "masks.npy"
+        self.masks = np.load(masks_path) if masks_path.exists() else None  # (N, 1, h, w) float16: small, in memory
         self._params: np.ndarray | None = None
 
     @property
@@ -134,6 +140,8 @@ class LatentCache(Dataset):
         }
         if self.labels is not None:
             item["labels"] = torch.from_numpy(self.labels[index])
+        if self.masks is not None:
+            item["loss_mask"] = torch.from_numpy(self.masks[index].astype(np.float32))
         return item
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
@@ -150,6 +158,8 @@ class LatentCache(Dataset):
         }
         if self.labels is not None:
             batch["labels"] = torch.from_numpy(self.labels[rows])
+        if self.masks is not None:
+            batch["loss_mask"] = torch.from_numpy(self.masks[rows].astype(np.float32))
         return batch
 
     @staticmethod
@@ -185,12 +195,15 @@ def build_latent_cache(
     partial = final.with_name(final.name + ".partial")
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    pixel_shape = tuple(dataset[0]["pixel_values"].shape)
-    shape = (len(dataset), *latent_shape(vae, pixel_shape))
+    first = dataset[0]
+    shape = (len(dataset), *latent_shape(vae, tuple(first["pixel_values"].shape)))
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         np.lib.format.open_memmap(partial / "latents.npy", mode="w+", dtype=np.float16, shape=shape).flush()
+        if "loss_mask" in first:
+            np.lib.format.open_memmap(partial / "masks.npy", mode="w+", dtype=np.float16,
+                                      shape=(len(dataset), 1, *shape[-2:])).flush()
     _barrier(accelerator)
     prompts, labels = _encode_share(dataset, vae, partial, rank, world, batch_size, num_workers)
     (partial / f"part-{rank}.json").write_text(json.dumps({"prompts": prompts, "labels": labels}))
@@ -209,6 +222,8 @@ def _encode_share(
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
     array = np.load(partial / "latents.npy", mmap_mode="r+", allow_pickle=False)
+    masks_file = partial / "masks.npy"
+    masks = np.load(masks_file, mmap_mode="r+", allow_pickle=False) if masks_file.exists() else None
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     prompts: dict[int, str] = {}
     labels: dict[int, list[float]] = {}
@@ -218,15 +233,27 @@ def _encode_share(
     position = iter(indices)
     for batch in tqdm(loader, desc="encode latents", disable=rank != 0, total=math.ceil(len(indices) / batch_size)):
         params = vae.encode(batch["pixel_values"].to(device, dtype)).latent_dist.parameters
+        pooled = latent_grid_mask(batch["loss_mask"], params.shape[-2:]).numpy() if masks is not None else None
         for j, p in enumerate(params.float().cpu().numpy()):
             i = next(position)
             array[i] = p.astype(np.float16)
+            if pooled is not None:
+                masks[i] = pooled[j].astype(np.float16)
             prompts[i] = batch["prompt"][j]
             if "labels" in batch:
                 labels[i] = batch["labels"][j].float().tolist()
     array.flush()
     del array
+    if masks is not None:
+        masks.flush()
+        del masks
     return prompts, labels
+
+
+def latent_grid_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """A pixel-space region mask (N, 1, H, W) as the share of each latent cell it covers (N, 1, h, w)."""
+    mask = mask.float()
+    return mask if tuple(mask.shape[-2:]) == tuple(size) else torch.nn.functional.adaptive_avg_pool2d(mask, size)
 
 
 def _finish(partial: Path, final: Path, n: int, world: int) -> None:

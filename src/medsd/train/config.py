@@ -94,6 +94,11 @@ class TrainingConfig(StrictModel):
     min_snr_gamma: float | None = Field(
         None, gt=0, description="Min-SNR loss weighting gamma (5.0 is the paper's value); None: plain MSE."
     )
+    masked_loss_weight: float = Field(
+        0.0, ge=0,
+        description="Extra weight of the denoising loss inside each image's region masks (data.mask_columns): "
+        "1 + W inside, 1 outside, a weighted mean per image. 0: every latent cell counts the same.",
+    )
     timestep_sampling: Literal["uniform", "logit_normal"] = Field(
         "uniform",
         description="How training timesteps are drawn: uniform (DDPM, SD) or logit_normal (SD3's: t/T from a "

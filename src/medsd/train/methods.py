@@ -7,7 +7,7 @@ accumulation, checkpoints, validation and logging. A method only says
 2. how the data is read (`prepare_data`) and how a batch becomes the U-Net's conditioning
    (`encode_condition`; by default the CLIP embedding of `batch["prompt"]`, which the loop caches when
    `conditioning_is_frozen`);
-3. the loss (`loss`: MSE with optional min-SNR weights; override to add a prior-preservation term);
+3. the loss (`loss`: MSE with optional min-SNR and region-mask weights; override to add a prior-preservation term);
 4. a fix after each optimizer step (`after_step`: textual inversion restores the frozen embedding rows);
 5. what a checkpoint holds (`trainable_state_dict` / `load_trainable_state_dict`) and what the run leaves
    behind (`save_artefacts`).
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from medsd.models import Components
+from medsd.train.cache import latent_grid_mask
 from medsd.train.config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,24 @@ class Method:
     def loss(
         self, model_pred: torch.Tensor, target: torch.Tensor, batch: dict[str, Any], weights: torch.Tensor | None
     ) -> torch.Tensor:
-        """Per-batch training loss; `weights` are per-sample min-SNR weights (None: plain MSE)."""
-        if weights is None:
+        """Per-batch training loss; `weights` are per-sample min-SNR weights (None: plain MSE).
+
+        With `training.masked_loss_weight` W and a batch carrying `loss_mask`, each latent cell's error counts
+        1 + W x (the share of the cell inside the image's masks), normalised per image: the findings' small
+        regions get W times more say without the rest of the image dropping out of the loss (kohya's
+        `masked_loss` keeps only the masked region, which would leave the anatomy around a finding untrained).
+        """
+        region = batch.get("loss_mask")
+        extra = self.training.masked_loss_weight
+        if weights is None and (region is None or not extra):
             return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
-        per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * weights).mean()
+        error = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+        if region is not None and extra:
+            cell = 1 + extra * latent_grid_mask(region.to(error.device), error.shape[-2:])
+            per_sample = (error * cell).sum(dim=(1, 2, 3)) / (cell.sum(dim=(1, 2, 3)) * error.shape[1])
+        else:
+            per_sample = error.mean(dim=(1, 2, 3))
+        return (per_sample * weights).mean() if weights is not None else per_sample.mean()
 
     # 4. After each optimizer step -------------------------------------------------------------------
     def after_step(self) -> None:
