@@ -138,6 +138,26 @@ def test_a_base_and_a_judge_are_reused_from_another_folder(bench: tuple[Path, di
     assert not (tmp_path / "refused").exists()
 
 
+def test_adaptation_runs_can_weight_the_loss_inside_the_findings_masks(bench: tuple[Path, dict],
+                                                                      tmp_path: Path) -> None:
+    first, _ = bench
+    out = tmp_path / "masked"
+    plan = replace(_plan(), methods=("full_unet_te_rehearsal",), masked_loss_weight=4.0)
+    run_adaptation_benchmark(out, plan, base=first / "base", judge=first / "judge")
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method_id"] for r in rows] == ["base", "full_unet_te_rehearsal"] and rows[1]["steps"] > 0
+    cfg = load_run_config(next((out / "configs").glob("*full_unet_te_rehearsal.yaml")))
+    # every finding's mask but the heart's, the new finding's included
+    assert cfg.data.mask_columns == ["Mask Consolidation", "Mask Pleural Effusion", "Mask Pneumothorax"]
+    assert cfg.training.masked_loss_weight == 4.0
+    table = pd.read_csv(cfg.data.csv)
+    named = [m for c in cfg.data.mask_columns for m in table[c].dropna()]
+    assert named and all((Path(cfg.data.root) / m).is_file() for m in named)
+    # the plain-loss runs of the first folder are not mixed with these
+    with pytest.raises(MedsdError, match="other settings"):
+        run_adaptation_benchmark(first, replace(_plan(), masked_loss_weight=4.0))
+
+
 def test_cli_rejects_an_unknown_method_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from medsd.cli import main
 
@@ -162,7 +182,7 @@ def test_cli_rehearsal_adapt_and_base_options_reach_the_plan_and_bad_values_are_
     from medsd.cli import main
 
     for option, value in (("--rehearsal-images", "0"), ("--example-share", "1"), ("--example-share", "0"),
-                          ("--base-layers-per-block", "0")):
+                          ("--base-layers-per-block", "0"), ("--masked-loss-weight", "-1")):
         assert main(["benchmark", "adaptation", "--smoke", option, value, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and option in err[0]
@@ -177,8 +197,9 @@ def test_cli_rehearsal_adapt_and_base_options_reach_the_plan_and_bad_values_are_
 
     monkeypatch.setattr(stages, "run_adaptation_benchmark", record)
     assert main(["benchmark", "adaptation", "--smoke", "--rehearsal-images", "7", "--example-share", "0.33",
-                 "--adapt", "Lung Lesion", "--base-layers-per-block", "1", "--out", str(tmp_path)]) == 0
-    assert seen[0].rehearsal_images == 7 and seen[0].example_share == 0.33
+                 "--adapt", "Lung Lesion", "--base-layers-per-block", "1", "--masked-loss-weight", "4",
+                 "--out", str(tmp_path)]) == 0
+    assert seen[0].rehearsal_images == 7 and seen[0].example_share == 0.33 and seen[0].masked_loss_weight == 4
     assert seen[0].base.unet_config == {"layers_per_block": 1}
     assert seen[0].held_out == ("Pneumothorax", "Lung Lesion") and seen[0].adapted == ("Lung Lesion",)
 

@@ -59,6 +59,8 @@ def test_rehearsal_adds_base_finding_images_that_never_show_or_name_a_held_out_f
     assert len(train) == 9 and list(train["Path"][:4]) == list(pd.read_csv(examples.csv)["Path"])
     extra = train.iloc[4:]
     assert all((pool / p).is_file() for p in extra["Path"])  # read from the pool, as data.root
+    masks = [m for c in extra.columns if c.startswith("Mask ") for m in extra[c].dropna()]
+    assert masks and all((pool / m).is_file() for m in masks)  # and so are their masks
     assert extra[["Pneumothorax", "Lung Lesion"]].to_numpy().sum() == 0
     assert extra[BASE].to_numpy().sum() > 0  # the base findings, which rehearsal is for
     assert not any(names_any(text, frozenset({"Lung Lesion"})) for text in extra["Report"])

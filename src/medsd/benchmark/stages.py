@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Plan fields that change what a finished run measured: a folder holding runs made under other values is refused.
 RUN_FIELDS = ("held_out", "run_minutes", "max_steps", "batch_size", "new_images", "base_images", "sample_steps",
               "guidance", "n_judge", "n_heldout", "n_pool", "judge_epochs", "class_images", "rehearsal_images",
-              "example_share")
+              "example_share", "masked_loss_weight")
 
 
 def run_adaptation_benchmark(out: Path, plan: AdaptationPlan, base: Path | None = None, judge: Path | None = None,
