@@ -382,10 +382,9 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
     if "Report" in columns:  # free-text reports, like MIMIC-CXR's, for `prompt.source: report` and friends
         data.frame["text"] = _read_csv(csv_path, "phantom CSV")["Report"].to_numpy()
     if cfg.mask_columns and "mask_paths" not in data.frame.columns:
-        missing = [c for c in cfg.mask_columns if c not in columns]
-        if missing:
-            raise MedsdError(f"phantom CSV {csv_path} has no column(s) {missing} (data.mask_columns); a phantom "
-                             f"rendered before version 1.2 names no masks: render it again with `medsd data phantom`")
+        if not any(str(c).startswith("Mask ") for c in columns):
+            raise MedsdError(f"phantom CSV {csv_path} names no masks (data.mask_columns): it was rendered before "
+                             "version 1.2; render it again with `medsd data phantom`")
         data.frame["mask_paths"] = mask_paths(_read_csv(csv_path, "phantom CSV"), cfg.mask_columns, root,
                                               f"phantom CSV {csv_path}")
     if cfg.labels is None:
