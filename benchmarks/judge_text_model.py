@@ -6,8 +6,9 @@ the README's example), for a model trained some other way: a longer run, other s
     python benchmarks/judge_text_model.py --model demo_out/runs/text_to_image/pipeline \\
         --judge demo_out/classifier --heldout demo_out/data/phantom_heldout --out /tmp/judged
 
-Prints the demo's tables and writes OUT/faithfulness.json, OUT/judged.csv (one row per image) and
-OUT/cross_reading.png/.json (which findings the judge reads in images asked for one finding).
+Prints the demo's tables and writes OUT/faithfulness.json, OUT/judged.csv (one row per image),
+OUT/cross_reading.png/.json (which findings the judge reads in images asked for one finding) and, with --heldout,
+OUT/fid.json (the demo's FID: label-prompt images against the held-out ones, in the judge's feature space).
 `--generated demo_out/generated` judges images made before (a demo's, or an earlier OUT) instead of
 generating: the same images read by another judge.
 """
@@ -69,8 +70,24 @@ def main() -> None:
           f"model {args.model}, guidance {plan.model.guidance}, {plan.model.sample_steps} DDIM steps")
     crossed = write_cross_reading(judged, list(FINDINGS), args.out)
     print("\n".join(format_faithfulness(faith)))
+    if args.heldout is not None:
+        fid = label_prompt_fid(args.judge, folders["label"], args.heldout, judge.input_size)
+        (args.out / "fid.json").write_text(json.dumps({"fid_phantom": fid}) + "\n")
+        print(f"phantom FID, label-prompt images against the held-out real ones: {fid:.1f}")
     print("\n".join(format_cross_reading(crossed["report"], list(FINDINGS), "judged positive, by what a "
                                                                            "single-finding report prompt asks")))
+
+
+def label_prompt_fid(judge: Path, label_images: Path, heldout: Path, size: int) -> float:
+    """The demo's FID: label-prompt images against the held-out real ones, in the judge's feature space."""
+    from medsd.evaluate import features as feats
+    from medsd.evaluate.fid import fid_from_features
+
+    extractor = feats.phantom_extractor(feats.load_phantom_classifier(judge))
+    real, _ = load_image_folder(heldout, size)
+    generated, _ = load_image_folder(label_images, size, channels=real.shape[1])  # as the demo's report loads them
+    return float(fid_from_features(feats.extract_features(extractor, real),
+                                   feats.extract_features(extractor, generated)))
 
 
 if __name__ == "__main__":
