@@ -71,6 +71,21 @@ def test_the_demo_model_weights_the_loss_inside_every_finding_but_the_heart(tmp_
     assert "Mask Consolidation" in config and "Mask Lung Lesion" not in config and "Mask Cardiomegaly" not in config
 
 
+def test_a_phantom_set_of_an_older_version_is_rendered_again(tmp_path: Path) -> None:
+    from medsd.phantom.text_model import render_training_set
+
+    folder = render_training_set(tmp_path / "set", 6, 32, 0, ["Lung Lesion"])
+    stamp = (folder / "train.csv").stat().st_mtime_ns
+    assert render_training_set(folder, 6, 32, 0, ["Lung Lesion"]) == folder  # the same set: reused
+    assert (folder / "train.csv").stat().st_mtime_ns == stamp
+    manifest = json.loads((folder / "phantom.json").read_text())
+    (folder / "phantom.json").write_text(json.dumps({**manifest, "version": "1.1"}))  # before the mask columns
+    frame = pd.read_csv(folder / "train.csv")
+    frame.drop(columns=["Mask Lung Lesion"]).to_csv(folder / "train.csv", index=False)
+    render_training_set(folder, 6, 32, 0, ["Lung Lesion"])
+    assert "Mask Lung Lesion" in pd.read_csv(folder / "train.csv").columns
+
+
 def test_both_unet_and_text_encoder_trained_on_reports(trained: Path) -> None:
     from safetensors.torch import load_file
 

@@ -169,14 +169,15 @@ def run_recipe(out: Path, name: str, recipe: dict[str, Any], callbacks: Sequence
 
 
 def render_training_set(folder: Path, n: int, size: int, seed: int, findings: list[str]) -> Path:
-    """Stage 1 (reused when the folder already holds the same set)."""
-    from medsd.phantom.render import write_phantom_dataset
+    """Stage 1 (reused when the folder already holds the same set, written by this phantom version: an older one
+    lacks columns the recipes read, such as the mask columns, and is rendered again)."""
+    from medsd.phantom.render import PHANTOM_VERSION, write_phantom_dataset
 
     manifest = folder / "phantom.json"
     if manifest.is_file():
         old = json.loads(manifest.read_text())
-        if (old.get("n"), old.get("size"), old.get("seed"), old.get("findings"), old.get("reports")) == (
-                n, size, seed, findings, True):
+        if (old.get("n"), old.get("size"), old.get("seed"), old.get("findings"), old.get("reports"),
+                old.get("version")) == (n, size, seed, findings, True, PHANTOM_VERSION):
             log.info("reusing %s", folder)
             return folder
     write_phantom_dataset(folder, n=n, size=size, seed=seed, findings=findings)
