@@ -66,10 +66,15 @@ def read_sample(path: str, cfg: DataConfig) -> torch.Tensor:
     if cfg.source in SAMPLE_READERS:  # already cropped by the source: no content crop
         array = SAMPLE_READERS[cfg.source](path, cfg)
         return preprocess_image(array, cfg.resolution, cfg.preprocess, cfg.channels, crop=False)
+    return preprocess_image(read_decoded(path, cfg), cfg.resolution, cfg.preprocess, cfg.channels,
+                            cfg.crop_to_content)
+
+
+def read_decoded(path: str, cfg: DataConfig) -> np.ndarray:
+    """The image file(s) of one sample path, decoded to [0, 1] before preprocessing; raises UnreadableImage."""
     files, slice_index = image_paths(path)
     slice_index = cfg.slice_index if slice_index is None else slice_index
-    array = read_image(files, slice_index, cfg.slice_axis, cfg.window, cfg.min_size, cfg.max_pixels)
-    return preprocess_image(array, cfg.resolution, cfg.preprocess, cfg.channels, cfg.crop_to_content)
+    return read_image(files, slice_index, cfg.slice_axis, cfg.window, cfg.min_size, cfg.max_pixels)
 
 
 def read_loss_mask(image_path: str, mask_files: str, cfg: DataConfig) -> torch.Tensor:
@@ -79,9 +84,7 @@ def read_loss_mask(image_path: str, mask_files: str, cfg: DataConfig) -> torch.T
     names = [n for n in mask_files.split("|") if n] if isinstance(mask_files, str) else []
     if not names:
         return torch.zeros(1, cfg.resolution, cfg.resolution)
-    files, slice_index = image_paths(image_path)
-    image = read_image(files, cfg.slice_index if slice_index is None else slice_index, cfg.slice_axis, cfg.window,
-                       cfg.min_size, cfg.max_pixels)
+    image = read_decoded(image_path, cfg)  # its content crop and size place the mask
     union = None
     for name in names:
         plane = read_image(name, None, cfg.slice_axis, None, 1, cfg.max_pixels)
