@@ -166,7 +166,7 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "")
                 msg += f" (got {problem.get('input')!r})"
             if kind == "literal_error" and isinstance(problem.get("input"), bool):
                 msg += "; YAML reads no/yes/on/off as true/false: quote the word, e.g. 'no'"
-        lines.append(f"{source}: {key}: {msg}")
+        lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")  # a whole-recipe check has no key
     return "\n".join(lines)
 
 

@@ -85,7 +85,7 @@ def test_mask_settings_that_cannot_work_are_refused(tmp_path, write_png, xray_li
         validate(DataConfig, {"source": "csv", "mask_columns": ["Mask A"], "augment": True}, "recipe.yaml")
     with pytest.raises(MedsdError, match="use the csv or phantom source, not 'nih'"):
         validate(DataConfig, {"source": "nih", "mask_columns": ["Mask A"]}, "recipe.yaml")
-    with pytest.raises(MedsdError, match="masked_loss_weight needs region masks.*data.mask_columns"):
+    with pytest.raises(MedsdError, match="^recipe.yaml: training.masked_loss_weight needs region masks.*data.mask_col"):
         validate(RunConfig, {"training": {"masked_loss_weight": 4}}, "recipe.yaml")
 
 
