@@ -30,12 +30,16 @@ def test_errors_inside_the_mask_count_one_plus_w_times() -> None:
     plain = F.mse_loss(inside, target)
     assert torch.allclose(_loss(0.0, inside, target, mask), plain)  # W = 0: plain MSE, mask or not
     assert torch.allclose(_loss(4.0, inside, target), plain)  # no mask in the batch: plain MSE
-    # weighted mean per image: 5 x 8 weighted cells of error 1 out of 5 x 8 + 56 units of weight
-    assert _loss(4.0, inside, target, mask).item() == pytest.approx(40 / 96)
-    assert _loss(4.0, outside, target, mask).item() == pytest.approx(8 / 96)
+    # averaged over the 64 cells: 8 cells of error 1 weighted 5 inside; outside, the plain loss, untouched
+    assert _loss(4.0, inside, target, mask).item() == pytest.approx(5 * 8 / 64)
+    assert _loss(4.0, outside, target, mask).item() == pytest.approx(plain.item()) == pytest.approx(8 / 64)
+    # a larger mask elsewhere does not shrink what the error outside it counts
+    wide = mask.clone()
+    wide[:, :, 0:2, :] = 1
+    assert _loss(4.0, outside, target, wide).item() == pytest.approx(8 / 64)
     # min-SNR weights still scale each image
     snr = torch.tensor([1.0, 0.0])
-    assert _loss(4.0, inside, target, mask, snr).item() == pytest.approx(40 / 96 / 2)
+    assert _loss(4.0, inside, target, mask, snr).item() == pytest.approx(5 * 8 / 64 / 2)
 
 
 def test_a_pixel_size_mask_weighs_like_its_latent_size_average() -> None:

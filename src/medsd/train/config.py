@@ -97,7 +97,7 @@ class TrainingConfig(StrictModel):
     masked_loss_weight: float = Field(
         0.0, ge=0,
         description="Extra weight of the denoising loss inside each image's region masks (data.mask_columns): "
-        "1 + W inside, 1 outside, a weighted mean per image. 0: every latent cell counts the same.",
+        "1 + W inside, 1 outside, averaged over the image. 0: every latent cell counts the same.",
     )
     timestep_sampling: Literal["uniform", "logit_normal"] = Field(
         "uniform",

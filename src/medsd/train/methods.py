@@ -126,9 +126,11 @@ class Method:
         """Per-batch training loss; `weights` are per-sample min-SNR weights (None: plain MSE).
 
         With `training.masked_loss_weight` W and a batch carrying `loss_mask`, each latent cell's error counts
-        1 + W x (the share of the cell inside the image's masks), normalised per image: the findings' small
-        regions get W times more say without the rest of the image dropping out of the loss (kohya's
-        `masked_loss` keeps only the masked region, which would leave the anatomy around a finding untrained).
+        1 + W x (the share of the cell inside the image's masks), averaged over all cells: the masked regions
+        get W extra without the rest of the image losing any (kohya's `masked_loss` keeps only the masked
+        region, which would leave the anatomy around a finding untrained; a weighted mean per image would
+        shrink the weight of everything outside an image's masks as they grow, and drew the heart normal
+        beside a large effusion).
         """
         region = batch.get("loss_mask")
         extra = self.training.masked_loss_weight
@@ -137,7 +139,7 @@ class Method:
         error = F.mse_loss(model_pred.float(), target.float(), reduction="none")
         if region is not None and extra:
             cell = 1 + extra * latent_grid_mask(region.to(error.device), error.shape[-2:])
-            per_sample = (error * cell).sum(dim=(1, 2, 3)) / (cell.sum(dim=(1, 2, 3)) * error.shape[1])
+            per_sample = (error * cell).mean(dim=(1, 2, 3))
         else:
             per_sample = error.mean(dim=(1, 2, 3))
         return (per_sample * weights).mean() if weights is not None else per_sample.mean()
