@@ -147,8 +147,8 @@ def test_adaptation_runs_can_weight_the_loss_inside_the_findings_masks(bench: tu
     rows = json.loads((out / "results.json").read_text())
     assert [r["method_id"] for r in rows] == ["base", "full_unet_te_rehearsal"] and rows[1]["steps"] > 0
     cfg = load_run_config(next((out / "configs").glob("*full_unet_te_rehearsal.yaml")))
-    # every finding's mask but the heart's, the new finding's included
-    assert cfg.data.mask_columns == ["Mask Consolidation", "Mask Pleural Effusion", "Mask Pneumothorax"]
+    # the heart's region and every finding's mask, the new finding's included
+    assert cfg.data.mask_columns == ["Mask Heart", "Mask Consolidation", "Mask Pneumothorax", "Mask Pleural Effusion"]
     assert cfg.training.masked_loss_weight == 4.0
     table = pd.read_csv(cfg.data.csv)
     named = [m for c in cfg.data.mask_columns for m in table[c].dropna()]

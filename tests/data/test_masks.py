@@ -102,8 +102,14 @@ def test_phantom_masks_follow_their_findings(tmp_path):
         assert (float(item["loss_mask"].sum()) > 0) == bool(item["labels"].sum() > 0), i
     with pytest.raises(MedsdError, match=r"\(data.mask_columns\) lacks column\(s\) \['Mask Lesion'\]"):
         build_dataset(cfg.model_copy(update={"mask_columns": ["Mask Lesion"]}))
+    # the heart's region: every image has some, findings or not
+    heart = build_dataset(cfg.model_copy(update={"mask_columns": ["Mask Heart"]}))
+    assert all(0.03 < float(heart[i]["loss_mask"].mean()) < 0.35 for i in range(len(heart)))
     old = tmp_path / "ph" / "train.csv"
     frame = pd.read_csv(old)
+    frame.drop(columns=["Mask Heart"]).to_csv(old, index=False)
+    with pytest.raises(MedsdError, match="no Mask Heart column .* rendered before version 1.3; render it again"):
+        build_dataset(cfg.model_copy(update={"mask_columns": ["Mask Heart", "Mask Consolidation"]}))
     frame.drop(columns=[c for c in frame.columns if c.startswith("Mask ")]).to_csv(old, index=False)
     with pytest.raises(MedsdError, match="names no masks .* rendered before version 1.2; render it again"):
         build_dataset(cfg)

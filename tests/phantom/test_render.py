@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import filecmp
 import json
@@ -18,7 +19,7 @@ from medsd.phantom import cli as phantom_cli
 from medsd.phantom import render as P
 
 CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + P.CHEXPERT_LABELS + ["Report"]
-MASK_COLUMNS = [f"Mask {f}" for f in P.FINDINGS]
+MASK_COLUMNS = [f"Mask {f}" for f in P.FINDINGS] + ["Mask Heart"]
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,31 @@ def test_masks_and_params_agree_with_labels(phantom_set: Path) -> None:
             assert mask.shape == (64, 64) and mask.any(), (rec["path"], name)
             assert rec["locations"][name]["area_fraction"] == pytest.approx(mask.mean(), abs=1e-4)
             seen.add(name)
+        # every image has the heart's region, whatever its findings
+        assert row[P.mask_column("Heart")] == rec["regions"]["Heart"]
+        heart = np.asarray(Image.open(phantom_set / rec["regions"]["Heart"])) > 127
+        assert heart.shape == (64, 64) and 0.03 < heart.mean() < 0.35, rec["path"]
+        if "Cardiomegaly" in rec["masks"]:  # the region covers most of what an enlarged heart changes
+            grown = np.asarray(Image.open(phantom_set / rec["masks"]["Cardiomegaly"])) > 127
+            assert (grown & heart).sum() >= 0.8 * grown.sum(), rec["path"]
         assert {"pose", "exposure", "patient_params", "noise_seed"} <= set(rec)
     assert len(seen) >= 3  # the mix covers several findings even in 16 images
+
+
+def test_the_heart_region_holds_the_largest_heart_and_moves_with_the_pose() -> None:
+    largest = P.contact_sheet_params("Cardiomegaly", 1.0)
+    _, masks = P.render_phantom(largest, 96)
+    region = P.render_regions(largest, 96)["Heart"]
+    grown = masks["Cardiomegaly"]
+    assert (grown & region).sum() >= 0.95 * grown.sum()  # the border the largest enlargement moves is inside
+    # the region does not depend on the findings: a normal heart has the same one
+    assert np.array_equal(P.render_regions(P.contact_sheet_params(None, 0.0), 96)["Heart"], region)
+    # ... but on the pose, like the image
+    turned = copy.deepcopy(largest)
+    turned["pose"]["rotation_deg"] = 8.0
+    assert not np.array_equal(P.render_regions(turned, 96)["Heart"], region)
+    rows, cols = np.nonzero(region)
+    assert 0.45 < rows.mean() / 96 < 0.85 and 0.35 < cols.mean() / 96 < 0.75  # mid-chest, above the diaphragm
 
 
 @pytest.mark.parametrize("name", P.FINDINGS)

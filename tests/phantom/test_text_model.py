@@ -52,23 +52,27 @@ def test_the_demo_model_has_one_resnet_per_level(tmp_path: Path) -> None:
     assert "unet_config" not in recipe["method"]
 
 
-def test_the_demo_model_weights_the_loss_inside_every_finding_but_the_heart(tmp_path: Path, trained: Path) -> None:
+def test_the_demo_model_weights_the_loss_inside_the_heart_region_and_every_finding(tmp_path: Path,
+                                                                                    trained: Path) -> None:
     from medsd.phantom.text_model import text_to_image_recipe
 
     everything = ["Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion"]
     recipe = text_to_image_recipe(tmp_path, tmp_path / "base", tmp_path / "data", tmp_path / "vae", TextModelPlan(),
                                   everything)
-    assert recipe["data"]["mask_columns"] == [f"Mask {f}" for f in everything[1:]]
+    # the heart's region (every image), not the enlarged heart's own mask, which it covers
+    assert recipe["data"]["mask_columns"] == ["Mask Heart", *(f"Mask {f}" for f in everything[1:])]
     assert recipe["training"]["masked_loss_weight"] == 4.0
     plain = text_to_image_recipe(tmp_path, tmp_path / "base", tmp_path / "data", tmp_path / "vae",
                                  TextModelPlan(masked_loss_weight=0.0), everything)
     assert "mask_columns" not in plain["data"] and "masked_loss_weight" not in plain["training"]
-    # The trained model's run (Pneumothorax and Lung Lesion excluded) cached the other findings' masks.
+    # The trained model's run (Pneumothorax and Lung Lesion excluded) cached the heart's and the other findings'
+    # masks.
     cache = next((trained / "runs" / "text_to_image" / "cache").glob("latents-*"))
     masks, latents = np.load(cache / "masks.npy"), np.load(cache / "latents.npy", mmap_mode="r")
     assert masks.shape == (len(latents), 1, *latents.shape[-2:]) and 0 < float(masks.astype(np.float32).mean()) < 0.5
     config = (trained / "configs" / "text_to_image.yaml").read_text()
     assert "Mask Consolidation" in config and "Mask Lung Lesion" not in config and "Mask Cardiomegaly" not in config
+    assert "Mask Heart" in config
 
 
 def test_a_phantom_set_of_an_older_version_is_rendered_again(tmp_path: Path) -> None:

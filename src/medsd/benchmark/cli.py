@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rehearsal settings: repeat the N examples so they make about this share of the training "
                    "images, e.g. 0.33 (default: each once)")
     p.add_argument("--masked-loss-weight", type=float, default=None, metavar="W",
-                   help="adaptation runs count the loss 1 + W inside the findings' masks (every finding's but the "
-                   "heart's; training.masked_loss_weight); default 0, the plain loss")
+                   help="adaptation runs count the loss 1 + W inside the findings' masks and the heart's region "
+                   "(training.masked_loss_weight); default 0, the plain loss")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on shared cores more threads were slower; try 2 on a quiet "
                    "machine)")

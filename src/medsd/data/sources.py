@@ -385,6 +385,9 @@ def load_phantom(cfg: DataConfig, root: Path) -> SourceData:
         if not any(str(c).startswith("Mask ") for c in columns):
             raise MedsdError(f"phantom CSV {csv_path} names no masks (data.mask_columns): it was rendered before "
                              "version 1.2; render it again with `medsd data phantom`")
+        if "Mask Heart" in cfg.mask_columns and "Mask Heart" not in columns:  # the heart's region came in 1.3
+            raise MedsdError(f"phantom CSV {csv_path} has no Mask Heart column (data.mask_columns): it was rendered "
+                             "before version 1.3; render it again with `medsd data phantom`")
         data.frame["mask_paths"] = mask_paths(_read_csv(csv_path, "phantom CSV"), cfg.mask_columns, root,
                                               f"phantom CSV {csv_path}")
     if cfg.labels is None:

@@ -34,6 +34,7 @@ LEFT_LOBES = (10, 11)
 RIGHT_LOBES = (12, 13, 14)
 LUNG_LOBES = LEFT_LOBES + RIGHT_LOBES
 HEART_LABELS = (51, 61)  # heart + left atrial appendage
+LARGEST_HEART_FACTOR = 1.45  # cardiomegaly's largest enlargement (render: factor 1.15 + 0.3 x severity)
 # Contrast-enhanced organs/vessels would otherwise count as bone (HU > 100) in a plain radiograph.
 _CONTRAST_LABELS = tuple(range(1, 25)) + tuple(range(51, 69))
 
@@ -199,16 +200,34 @@ def _scaled_membership(
     return ok[0] & ok[1] & ok[2] & mask[qx, qy, qz], (qx, qy, qz)
 
 
-def edit_cardiomegaly(ct: PhantomCT, soft: np.ndarray, factor: float) -> tuple[Window, np.ndarray]:
-    """Enlarge the heart about its centroid, mostly sideways (as the cardiac silhouette widens on a PA film)."""
+def _enlarged_heart(shape: tuple[int, int, int], factor: float) -> tuple[Window, np.ndarray]:
+    """The heart scaled by ``factor`` about its centroid, mostly sideways (as the cardiac silhouette widens on a
+    PA film): its x/z window and its membership there [x, AP, z]."""
     heart = structure(HEART_LABELS)
     c = heart.centroid
     scale = np.array([factor, 1 + (factor - 1) * 0.6, 1 + (factor - 1) * 0.7])
-    X, _, Z = ct.shape
+    X, _, Z = shape
     lo = np.floor(c[[0, 2]] + (np.array([heart.x_range[0], heart.z_range[0]]) - c[[0, 2]]) * scale[[0, 2]]) - 2
     hi = np.ceil(c[[0, 2]] + (np.array([heart.x_range[1], heart.z_range[1]]) - c[[0, 2]]) * scale[[0, 2]]) + 3
     win = (slice(max(int(lo[0]), 0), min(int(hi[0]), X)), slice(max(int(lo[1]), 0), min(int(hi[1]), Z)))
     inside, _ = _scaled_membership(heart.mask, c, scale, win)
+    return win, inside
+
+
+@lru_cache(maxsize=1)
+def heart_zone_slabs() -> np.ndarray:
+    """Slab sums [N_SLABS, X, Z] of the heart at the largest enlargement the phantom draws (in voxels): where the
+    cardiac silhouette lies, normal or enlarged, so one region covers the border that cardiomegaly moves."""
+    ct = load_phantom_ct()
+    win, inside = _enlarged_heart(ct.shape, LARGEST_HEART_FACTOR)
+    slabs = np.zeros((N_SLABS, ct.shape[0], ct.shape[2]), dtype=np.float32)
+    slabs[:, win[0], win[1]] = slab_sum(inside.astype(np.float32))
+    return slabs
+
+
+def edit_cardiomegaly(ct: PhantomCT, soft: np.ndarray, factor: float) -> tuple[Window, np.ndarray]:
+    """Enlarge the heart about its centroid, mostly sideways (as the cardiac silhouette widens on a PA film)."""
+    win, inside = _enlarged_heart(ct.shape, factor)
     region = _sub(soft, win).copy()
     lung = _sub(structure(LUNG_LOBES).mask, win)
     editable = (_sub(ct.bone, win) == 0) & ((region > 0.5) | lung)  # not bone, not outside the body

@@ -36,7 +36,8 @@ from medsd.phantom import ct as pct
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "1.2"  # 1.1: a free-text report per image (CSV column Report); 1.2: `Mask <finding>` columns
+# 1.1: a free-text report per image (CSV column Report); 1.2: `Mask <finding>` columns; 1.3: `Mask Heart`
+PHANTOM_VERSION = "1.3"
 # The CSV carries all 14 CheXpert columns, so the ordinary CheXpert loader reads it.
 CHEXPERT_LABELS = ["No Finding", *SOURCE_CHEXPERT_LABELS]
 FINDINGS = ["Cardiomegaly", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion"]
@@ -45,6 +46,9 @@ PARENT_LABELS = {"Consolidation": "Lung Opacity", "Lung Lesion": "Lung Opacity"}
 # 3D edits are applied in this order; later edits see earlier ones.
 _EDIT_ORDER = ["Cardiomegaly", "Pleural Effusion", "Consolidation", "Lung Lesion", "Pneumothorax"]
 MASK_THRESHOLD = 0.03  # line-integral change (attenuation units) that counts as "changed"
+# Anatomical regions with a `Mask <region>` column on every image (`render_regions`).
+REGIONS = ["Heart"]
+HEART_ZONE_MIN_VOXELS = 1.0  # AP voxels (2.8 mm) of heart along a ray that put a pixel inside the heart's region
 FOV_MM = 325.0
 _CENTER_MM = (180.0, 182.0)  # thorax centre on the working projection (x from patient right, z from bottom)
 
@@ -308,12 +312,25 @@ def render_phantom(params: dict[str, Any], size: int = 256) -> tuple[np.ndarray,
     nr = _rng(params["noise_seed"])
     noise = ndimage.gaussian_filter(nr.standard_normal((size, size)).astype(np.float32), 0.7) * 1.6
     image = _expose(line, params, noise).astype(np.float32)
-    masks = {}
-    for f, d in zip(params["findings"], deltas, strict=True):
-        dw = _tilt_sum(k * pp["habitus"] * d, pose["tilt_lr_deg"], pose["tilt_si_deg"]).T[::-1]
-        dl = ndimage.map_coordinates(np.ascontiguousarray(dw), grid, order=1, mode="nearest")
-        masks[f["name"]] = np.abs(dl) > MASK_THRESHOLD
+    masks = {f["name"]: np.abs(_project(k * pp["habitus"] * d, pose, grid)) > MASK_THRESHOLD
+             for f, d in zip(params["findings"], deltas, strict=True)}
     return image, masks
+
+
+def _project(slabs: np.ndarray, pose: dict[str, Any], grid: np.ndarray) -> np.ndarray:
+    """Slab sums [N_SLABS, X, Z] -> the image's pixels: the tilt, then the image's sampling grid."""
+    work = _tilt_sum(slabs, pose["tilt_lr_deg"], pose["tilt_si_deg"]).T[::-1]
+    return ndimage.map_coordinates(np.ascontiguousarray(work), grid, order=1, mode="nearest")
+
+
+def render_regions(params: dict[str, Any], size: int = 256) -> dict[str, np.ndarray]:
+    """Anatomical region masks of one image, in its pose: {"Heart": where the cardiac silhouette lies, normal
+    or at cardiomegaly's largest enlargement}. Every image has them, findings or not, so a loss weighted inside
+    masks (`training.masked_loss_weight`) also weighs the heart's border in an image whose weighted finding
+    lies elsewhere. Deterministic like `render_phantom`."""
+    heart = pct.heart_zone_slabs()
+    grid = _sampling_grid(params, size, heart.shape[:0:-1])
+    return {"Heart": _project(heart, params["pose"], grid) > HEART_ZONE_MIN_VOXELS}
 
 
 # ------------------------------------------------------------- data set ------------------------------------
@@ -380,15 +397,25 @@ def _render_and_write(job: tuple[str, dict[str, Any], int, int]) -> dict[str, An
     _to_png(image, out / rel, bit_depth)
     record = dict(params, path=rel, size=size, masks={}, locations={})
     for name, mask in masks.items():
-        mrel = "masks/" + rel[len("train/") :].replace(".png", f"_{finding_slug(name)}.png")
+        mrel = _mask_relpath(rel, name)
         _to_png(mask.astype(np.float32), out / mrel, 8)
         record["masks"][name] = mrel
         record["locations"][name] = _mask_location(mask)
+    record["regions"] = {}
+    for name, mask in render_regions(params, size).items():
+        mrel = _mask_relpath(rel, name)
+        _to_png(mask.astype(np.float32), out / mrel, 8)
+        record["regions"][name] = mrel
     return record
 
 
+def _mask_relpath(image_rel: str, name: str) -> str:
+    return "masks/" + image_rel[len("train/") :].replace(".png", f"_{finding_slug(name)}.png")
+
+
 def mask_column(finding: str) -> str:
-    """The CSV column naming each image's mask file of `finding` (blank where the image does not have it)."""
+    """The CSV column naming each image's mask file of `finding` (blank where the image does not have it) or of
+    an anatomical region (`REGIONS`, every image)."""
     return f"Mask {finding}"
 
 
@@ -397,6 +424,7 @@ def _csv_row(rec: dict[str, Any], findings: Sequence[str] = ()) -> dict[str, Any
     row = {"Path": rec["path"], "Sex": pp["sex"], "Age": pp["age"], "Frontal/Lateral": "Frontal", "AP/PA": rec["view"]}
     row.update(labels_of(rec["findings"]))
     row.update({mask_column(f): rec["masks"].get(f, "") for f in findings})
+    row.update({mask_column(r): rec["regions"][r] for r in REGIONS})
     if "report" in rec:
         row["Report"] = rec["report"]
     return row
@@ -453,7 +481,7 @@ def write_phantom_dataset(
         for rec in records:
             rec["report"] = report_for_record(rec, findings=allowed).text
     columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + CHEXPERT_LABELS + (["Report"] if reports else [])
-    columns += [mask_column(f) for f in allowed]
+    columns += [mask_column(f) for f in [*allowed, *REGIONS]]
     with open(out / "train.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from medsd.errors import MedsdError
-from medsd.phantom.render import FINDINGS, mask_column
+from medsd.phantom.render import FINDINGS, REGIONS, mask_column
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ class TextModelPlan:
     # Changes to the model size's U-Net (`method.unet_config`). One ResNet per level instead of two: 1.4x the
     # steps in the same minutes, and more learned in them (docs/demo_history.md, "One ResNet per level").
     unet_config: dict[str, Any] = field(default_factory=lambda: {"layers_per_block": 1})
-    # The denoising loss counts 1 + W inside these findings' masks (`training.masked_loss_weight`; 0: off): a
-    # lesion is a few latent cells, so an unweighted loss learns it last (label-prompt Lung Lesion 0.81-0.88 ->
-    # 0.96-0.98). It costs cardiomegaly in two-finding label prompts, lesion size and FID (docs/demo_history.md,
-    # "A loss weighted by the masks"). The heart's mask is left out: with it, lesion size fell in all three runs.
+    # The denoising loss counts 1 + W inside these masks (`training.masked_loss_weight`; 0: off): a lesion is a
+    # few latent cells, so an unweighted loss learns it last (label-prompt Lung Lesion 0.81-0.88 -> 0.95-0.98).
+    # The heart's region is in every image: weighting only the findings drew the heart normal beside an
+    # effusion (label-prompt Cardiomegaly 0.80-0.85); with it, 0.91-0.94 (docs/demo_history.md, "A loss
+    # weighted by the masks"). The enlarged heart's own mask adds nothing the region does not cover.
     masked_loss_weight: float = 4.0
-    masked_findings: tuple[str, ...] = ("Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion")
+    masked_regions: tuple[str, ...] = ("Heart", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion")
     sample_steps: int = 25
     guidance: float = 3.0
 
@@ -108,12 +109,20 @@ def _prompts(base_model: Path, plan: TextModelPlan) -> dict[str, Any]:
             "tokenizer": str(base_model / "tokenizer")}
 
 
+def masked_columns(plan: TextModelPlan, findings: Sequence[str]) -> list[str]:
+    """The mask columns the text model's loss weights: the plan's regions that every image has (`REGIONS`) and
+    those of `findings`; none when the plan does not weight the loss."""
+    if not plan.masked_loss_weight:
+        return []
+    return [mask_column(r) for r in plan.masked_regions if r in REGIONS or r in findings]
+
+
 def text_to_image_recipe(out: Path, base_model: Path, data: Path, vae: Path, plan: TextModelPlan,
                          findings: list[str]) -> dict[str, Any]:
     """Stage 4: U-Net from scratch + text encoder on reports and label prompts, with caption dropout."""
     recipe = _common(base_model, data, plan, findings)
     recipe["data"]["prompt"] = _prompts(base_model, plan)
-    masked = [mask_column(f) for f in findings if f in plan.masked_findings] if plan.masked_loss_weight else []
+    masked = masked_columns(plan, findings)
     if masked:
         recipe["data"]["mask_columns"] = masked
     example = f"{LABEL_TEMPLATE.format(labels=findings[0])}" if findings else "no finding"
