@@ -97,7 +97,8 @@ class DataConfig(StrictModel):
         default_factory=list,
         description="csv and phantom sources: columns naming each image's region masks (image files the image's "
         "size, relative to root; several joined by `|`; blank: none). Their union follows the image's preprocessing "
-        "and weights the denoising loss (training.masked_loss_weight). Phantom: `Mask <finding>` columns.",
+        "and weights the denoising loss (training.masked_loss_weight). Phantom: `Mask <finding>` columns and "
+        "`Mask Heart`.",
     )
     resolution: int = Field(64, ge=8, le=4096, description="Side of the square training image in pixels.")
     channels: Literal[1, 3] = Field(3, description="Output channels: 3 for Stable Diffusion's VAE, 1 for grey models.")

@@ -11,8 +11,8 @@ Ground truth is exact by linearity: the image change a finding causes is the pro
 its mask is where that projection is non-negligible.
 
 Output of ``write_phantom_dataset`` (paths relative to the output dir):
-``train/patientNNNNN/studyK/view1_frontal.png``, ``train.csv`` (CheXpert columns, Report, and a ``Mask <finding>``
-column naming each finding's mask file), ``masks/.../*.png``,
+``train/patientNNNNN/studyK/view1_frontal.png``, ``train.csv`` (CheXpert columns, Report, a ``Mask <finding>``
+column naming each finding's mask file and ``Mask Heart`` naming each image's heart region), ``masks/.../*.png``,
 ``params.jsonl`` (every render parameter per image) and ``phantom.json`` (manifest).
 """
 
