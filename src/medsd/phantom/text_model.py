@@ -61,8 +61,8 @@ class TextModelPlan:
     # The denoising loss counts 1 + W inside these masks (`training.masked_loss_weight`; 0: off): a lesion is a
     # few latent cells, so an unweighted loss learns it last (label-prompt Lung Lesion 0.81-0.88 -> 0.95-0.98).
     # The heart's region is in every image: weighting only the findings drew the heart normal beside an
-    # effusion (label-prompt Cardiomegaly 0.80-0.85); with it, 0.91-0.94 (docs/demo_history.md, "A loss
-    # weighted by the masks"). The enlarged heart's own mask adds nothing the region does not cover.
+    # effusion (label-prompt Cardiomegaly 0.80-0.85); with it and the weights averaged over all cells, 0.88-0.94
+    # (docs/demo_history.md, "A loss weighted by the masks"). The enlarged heart's own mask lies inside the region.
     masked_loss_weight: float = 4.0
     masked_regions: tuple[str, ...] = ("Heart", "Consolidation", "Lung Lesion", "Pneumothorax", "Pleural Effusion")
     sample_steps: int = 25
