@@ -135,7 +135,7 @@ def adaptation_recipe(spec: MethodSpec, base_model: Path, subset: TrainingSubset
                       class_images_dir=str(class_images_dir), class_resolution=plan.size,
                       class_inference_steps=plan.sample_steps, class_guidance_scale=plan.guidance,
                       class_batch_size=min(plan.class_images, 25))
-    masks = masked_columns(replace(plan.base, masked_loss_weight=plan.masked_loss_weight), labels)
+    masks = masked_columns(plan.base.masked_regions, labels) if plan.masked_loss_weight else []
     return {
         "seed": seed,
         "output_dir": str(output_dir),

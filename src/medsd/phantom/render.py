@@ -397,20 +397,17 @@ def _render_and_write(job: tuple[str, dict[str, Any], int, int]) -> dict[str, An
     _to_png(image, out / rel, bit_depth)
     record = dict(params, path=rel, size=size, masks={}, locations={})
     for name, mask in masks.items():
-        mrel = _mask_relpath(rel, name)
-        _to_png(mask.astype(np.float32), out / mrel, 8)
-        record["masks"][name] = mrel
+        record["masks"][name] = _write_mask(out, rel, name, mask)
         record["locations"][name] = _mask_location(mask)
-    record["regions"] = {}
-    for name, mask in render_regions(params, size).items():
-        mrel = _mask_relpath(rel, name)
-        _to_png(mask.astype(np.float32), out / mrel, 8)
-        record["regions"][name] = mrel
+    record["regions"] = {name: _write_mask(out, rel, name, mask) for name, mask in render_regions(params, size).items()}
     return record
 
 
-def _mask_relpath(image_rel: str, name: str) -> str:
-    return "masks/" + image_rel[len("train/") :].replace(".png", f"_{finding_slug(name)}.png")
+def _write_mask(out: Path, image_rel: str, name: str, mask: np.ndarray) -> str:
+    """Write one image's mask of `name` (0/255 PNG) beside the masks of the set; its path relative to `out`."""
+    rel = "masks/" + image_rel[len("train/") :].replace(".png", f"_{finding_slug(name)}.png")
+    _to_png(mask.astype(np.float32), out / rel, 8)
+    return rel
 
 
 def mask_column(finding: str) -> str:

@@ -109,12 +109,10 @@ def _prompts(base_model: Path, plan: TextModelPlan) -> dict[str, Any]:
             "tokenizer": str(base_model / "tokenizer")}
 
 
-def masked_columns(plan: TextModelPlan, findings: Sequence[str]) -> list[str]:
-    """The mask columns the text model's loss weights: the plan's regions that every image has (`REGIONS`) and
-    those of `findings`; none when the plan does not weight the loss."""
-    if not plan.masked_loss_weight:
-        return []
-    return [mask_column(r) for r in plan.masked_regions if r in REGIONS or r in findings]
+def masked_columns(regions: Sequence[str], findings: Sequence[str]) -> list[str]:
+    """The mask columns of `regions` a data set of `findings` has: the anatomical ones every image has
+    (`REGIONS`) and those of its findings."""
+    return [mask_column(r) for r in regions if r in REGIONS or r in findings]
 
 
 def text_to_image_recipe(out: Path, base_model: Path, data: Path, vae: Path, plan: TextModelPlan,
@@ -122,7 +120,7 @@ def text_to_image_recipe(out: Path, base_model: Path, data: Path, vae: Path, pla
     """Stage 4: U-Net from scratch + text encoder on reports and label prompts, with caption dropout."""
     recipe = _common(base_model, data, plan, findings)
     recipe["data"]["prompt"] = _prompts(base_model, plan)
-    masked = masked_columns(plan, findings)
+    masked = masked_columns(plan.masked_regions, findings) if plan.masked_loss_weight else []
     if masked:
         recipe["data"]["mask_columns"] = masked
     example = f"{LABEL_TEMPLATE.format(labels=findings[0])}" if findings else "no finding"

@@ -138,10 +138,8 @@ class Method:
             return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
         error = F.mse_loss(model_pred.float(), target.float(), reduction="none")
         if region is not None and extra:
-            cell = 1 + extra * latent_grid_mask(region.to(error.device), error.shape[-2:])
-            per_sample = (error * cell).mean(dim=(1, 2, 3))
-        else:
-            per_sample = error.mean(dim=(1, 2, 3))
+            error = error * (1 + extra * latent_grid_mask(region.to(error.device), error.shape[-2:]))
+        per_sample = error.mean(dim=(1, 2, 3))
         return (per_sample * weights).mean() if weights is not None else per_sample.mean()
 
     # 4. After each optimizer step -------------------------------------------------------------------
